@@ -1,1 +1,59 @@
-fn main() {}
+//! The `relay` binary: parses the command line and dispatches.
+
+use clap::Parser;
+use relay::cli::{Cli, Command, EventsCommand};
+use relay::cmd::{self, Context};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // A missing .env is normal; a malformed one is worth saying.
+    if let Err(e) = dotenvy::dotenv() {
+        if !e.not_found() {
+            anyhow::bail!("cannot read .env: {e}");
+        }
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_new(&cli.common.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let command = match cli.command {
+        Some(c) => c,
+        None => Command::Serve(Box::new(default_serve_config()?)),
+    };
+    match command {
+        Command::Serve(config) => relay::startup::serve(cli.common, *config).await,
+        Command::Migrate => {
+            Context::open(cli.common).await?;
+            tracing::info!("database is up to date");
+            Ok(())
+        }
+        other => {
+            let ctx = Context::open(cli.common).await?;
+            match other {
+                Command::Project(a) => cmd::project::run(&ctx, &a).await,
+                Command::Rebuild(a) => cmd::rebuild::run(&ctx, &a).await,
+                Command::Reprice(a) => cmd::reprice::run(&ctx, &a).await,
+                Command::Events(EventsCommand::Tail(a)) => cmd::events::run(&ctx, &a).await,
+                Command::Statement(a) => cmd::statement::run(&ctx, &a).await,
+                Command::Keys(k) => cmd::keys::run(&ctx, &k).await,
+                Command::Accounts(a) => cmd::accounts::run(&ctx, &a).await,
+                Command::Serve(_) | Command::Migrate => Ok(()),
+            }
+        }
+    }
+}
+
+/// `relay` with no subcommand behaves like `relay serve` with its defaults and env.
+fn default_serve_config() -> anyhow::Result<relay::config::ServeConfig> {
+    #[derive(Parser)]
+    struct ServeOnly {
+        #[command(flatten)]
+        config: relay::config::ServeConfig,
+    }
+    Ok(ServeOnly::try_parse_from(["relay"])?.config)
+}

@@ -1,0 +1,208 @@
+//! Upstream accounts as configured: the stored rows and their sealed credentials.
+//!
+//! Scheduling state (health, in-flight counts, sticky sessions) lives in the pool on
+//! the proxy path; this module is only the durable configuration.
+
+use crate::crypto::{Cipher, CryptoError, Secret};
+use chrono::Utc;
+use schema::AccountId;
+use sqlx::{AnyPool, Row};
+use uuid::Uuid;
+
+/// What kind of credential an account holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    /// An Anthropic Console API key (`sk-ant-api03-…`), sent as `x-api-key`.
+    ApiKey,
+    /// A Claude OAuth access token (`sk-ant-oat01-…`), sent as Bearer.
+    OAuth,
+}
+
+impl AccountKind {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::ApiKey => "api_key",
+            AccountKind::OAuth => "oauth",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "api_key" => Some(AccountKind::ApiKey),
+            "oauth" => Some(AccountKind::OAuth),
+            _ => None,
+        }
+    }
+}
+
+/// One upstream account with its credential opened.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Stable id (used in events and subjects).
+    pub id: AccountId,
+    /// Unique display name.
+    pub name: String,
+    /// Credential kind.
+    pub kind: AccountKind,
+    /// Upstream base URL without a trailing slash.
+    pub base_url: String,
+    /// The credential, decrypted.
+    pub credential: Secret,
+    /// Lower is tried first.
+    pub priority: i32,
+    /// Relative share inside a priority tier.
+    pub weight: u32,
+    /// Group; keys scoped to this group may use it.
+    pub group: Option<String>,
+    /// Most concurrent requests (0 = unlimited).
+    pub concurrency: u32,
+    /// Proxy for this account's upstream traffic.
+    pub proxy_url: Option<String>,
+    /// Disabled accounts are never scheduled.
+    pub enabled: bool,
+}
+
+/// Input for [`AccountStore::add`].
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Unique display name.
+    pub name: String,
+    /// Credential kind.
+    pub kind: AccountKind,
+    /// Upstream base URL.
+    pub base_url: String,
+    /// The credential.
+    pub credential: Secret,
+    /// Priority.
+    pub priority: i32,
+    /// Weight.
+    pub weight: u32,
+    /// Group.
+    pub group: Option<String>,
+    /// Concurrency cap.
+    pub concurrency: u32,
+    /// Proxy URL.
+    pub proxy_url: Option<String>,
+}
+
+/// Errors managing accounts.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountStoreError {
+    /// SQL failure.
+    #[error("account store: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// Credential could not be opened.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Input or stored value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Validates an account's base URL and proxy URL at the edge.
+pub fn validate(new: &NewAccount) -> Result<(), AccountStoreError> {
+    if new.name.trim().is_empty() {
+        return Err(AccountStoreError::Invalid("account name is empty".into()));
+    }
+    let base = new.base_url.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(AccountStoreError::Invalid(
+            "base URL must start with http:// or https://".into(),
+        ));
+    }
+    if let Some(p) = &new.proxy_url {
+        let ok = ["http://", "https://", "socks5://", "socks5h://"]
+            .iter()
+            .any(|s| p.starts_with(s));
+        if !ok {
+            return Err(AccountStoreError::Invalid(
+                "proxy URL must start with http://, https://, socks5:// or socks5h://".into(),
+            ));
+        }
+    }
+    if new.weight == 0 {
+        return Err(AccountStoreError::Invalid("weight must be at least 1".into()));
+    }
+    if new.credential.expose().trim().is_empty() {
+        return Err(AccountStoreError::Invalid("credential is empty".into()));
+    }
+    Ok(())
+}
+
+/// Accounts in the database; credentials sealed with the [`Cipher`].
+#[derive(Clone)]
+pub struct AccountStore {
+    /// The database.
+    db: AnyPool,
+    /// Seals and opens credentials.
+    cipher: Cipher,
+}
+
+impl AccountStore {
+    /// A store over the given database.
+    pub fn new(db: AnyPool, cipher: Cipher) -> Self {
+        Self { db, cipher }
+    }
+
+    /// Adds an account and returns its id.
+    pub async fn add(&self, new: NewAccount) -> Result<AccountId, AccountStoreError> {
+        validate(&new)?;
+        let id = AccountId::parse(format!("acc_{}", Uuid::now_v7().simple()))
+            .map_err(|e| AccountStoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO accounts (id, name, kind, base_url, credential_enc, priority, weight, \
+             group_name, concurrency, proxy_url, enabled, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11)",
+        )
+        .bind(id.as_str())
+        .bind(new.name.trim())
+        .bind(new.kind.as_str())
+        .bind(new.base_url.trim_end_matches('/'))
+        .bind(self.cipher.seal(&new.credential))
+        .bind(i64::from(new.priority))
+        .bind(i64::from(new.weight))
+        .bind(new.group)
+        .bind(i64::from(new.concurrency))
+        .bind(new.proxy_url)
+        .bind(Utc::now().timestamp_millis())
+        .execute(&self.db)
+        .await?;
+        Ok(id)
+    }
+
+    /// Every account, credentials opened, in name order.
+    pub async fn list(&self) -> Result<Vec<Account>, AccountStoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, kind, base_url, credential_enc, priority, weight, group_name, \
+             concurrency, proxy_url, enabled FROM accounts ORDER BY name",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter().map(|r| self.row_to_account(r)).collect()
+    }
+
+    fn row_to_account(&self, row: &sqlx::any::AnyRow) -> Result<Account, AccountStoreError> {
+        let invalid = |what: &str| AccountStoreError::Invalid(format!("stored account has invalid {what}"));
+        let id: String = row.try_get("id")?;
+        let kind: String = row.try_get("kind")?;
+        let sealed: String = row.try_get("credential_enc")?;
+        let priority: i64 = row.try_get("priority")?;
+        let weight: i64 = row.try_get("weight")?;
+        let concurrency: i64 = row.try_get("concurrency")?;
+        let enabled: i64 = row.try_get("enabled")?;
+        Ok(Account {
+            id: AccountId::parse(id).map_err(|_| invalid("id"))?,
+            name: row.try_get("name")?,
+            kind: AccountKind::parse(&kind).ok_or_else(|| invalid("kind"))?,
+            base_url: row.try_get("base_url")?,
+            credential: self.cipher.open(&sealed)?,
+            priority: i32::try_from(priority).map_err(|_| invalid("priority"))?,
+            weight: u32::try_from(weight).map_err(|_| invalid("weight"))?,
+            group: row.try_get("group_name")?,
+            concurrency: u32::try_from(concurrency).map_err(|_| invalid("concurrency"))?,
+            proxy_url: row.try_get("proxy_url")?,
+            enabled: enabled != 0,
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! Configuration, read once at start-up from flags, the environment and `.env`.
+//!
+//! Every setting is a `clap` argument with an environment variable, so `relay --help`
+//! documents them all. Names follow the Go seed projects (`PORT`, `HOST`, `LOG_LEVEL`,
+//! `HTTP_CLIENT_TIMEOUT`, `GLOBAL_PROXY_*`) so their operators can move over.
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings shared by every subcommand: where state lives and how to log.
+#[derive(Debug, Clone, Args)]
+pub struct CommonConfig {
+    /// Directory for the embedded databases, the event spool and the generated
+    /// encryption key; created if missing.
+    #[arg(long, env = "DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Read-model and configuration database: `sqlite://…` or `postgres://…`.
+    /// Default: `sqlite://<DATA_DIR>/relay.db`.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// NATS server with JetStream for the event log (`nats://host:4222`). Unset: the
+    /// embedded SQLite event log in `<DATA_DIR>/events.db`.
+    #[arg(long, env = "NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+
+    /// JetStream duplicate window in seconds; must exceed the publisher's longest
+    /// retry horizon so a retried publish is recognised as a duplicate.
+    #[arg(long, env = "NATS_DUPLICATE_WINDOW_SECS", default_value_t = 600, global = true)]
+    pub nats_duplicate_window_secs: u64,
+
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace` or a tracing directive).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// 32-byte key (64 hex characters) encrypting upstream credentials at rest. Unset:
+    /// generated once into `<DATA_DIR>/encryption.key`.
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, global = true)]
+    pub encryption_key: Option<String>,
+
+    /// Price-table override file (JSON, same shape as the shipped table).
+    #[arg(long, env = "PRICE_TABLE", global = true)]
+    pub price_table: Option<PathBuf>,
+}
+
+impl CommonConfig {
+    /// The database URL, defaulting to a SQLite file inside `DATA_DIR`.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("relay.db").display()
+            ),
+        }
+    }
+}
+
+/// What the relay does when a streaming client disconnects before the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DisconnectPolicy {
+    /// Keep reading upstream (bounded in time and bytes) to capture the final usage.
+    Drain,
+    /// Stop reading at once and record the usage seen so far.
+    Stop,
+}
+
+/// Settings of `relay serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Run the projectors inside this process (`on`) or leave them to `relay project`.
+    #[arg(long, env = "PROJECTORS", default_value = "on")]
+    pub projectors: OnOff,
+
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Upstream request timeout in seconds for non-streaming requests and for the
+    /// time to response headers (seed name).
+    #[arg(long, env = "HTTP_CLIENT_TIMEOUT", default_value_t = 600)]
+    pub http_client_timeout_secs: u64,
+
+    /// Upstream connect timeout in seconds.
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value_t = 10)]
+    pub upstream_connect_timeout_secs: u64,
+
+    /// Longest silence tolerated on an upstream stream before it is abandoned, seconds.
+    #[arg(long, env = "UPSTREAM_IDLE_TIMEOUT", default_value_t = 300)]
+    pub upstream_idle_timeout_secs: u64,
+
+    /// During upstream silence longer than this, send an SSE comment keepalive to the
+    /// client, in milliseconds.
+    #[arg(long, env = "SSE_KEEPALIVE_MS", default_value_t = 15_000)]
+    pub sse_keepalive_ms: u64,
+
+    /// Most upstream attempts per request (failover before the first byte).
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// What to do when a streaming client disconnects.
+    #[arg(long, env = "DISCONNECT_POLICY", value_enum, default_value = "drain")]
+    pub disconnect_policy: DisconnectPolicy,
+
+    /// With the drain policy: longest time to keep reading upstream, seconds.
+    #[arg(long, env = "DRAIN_MAX_SECS", default_value_t = 120)]
+    pub drain_max_secs: u64,
+
+    /// With the drain policy: most bytes to read from upstream after the disconnect.
+    #[arg(long, env = "DRAIN_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub drain_max_bytes: u64,
+
+    /// Longest rate-limit cooldown taken from `retry-after` / unified reset, seconds.
+    #[arg(long, env = "RATE_LIMIT_MAX_COOLDOWN", default_value_t = 6 * 3600)]
+    pub rate_limit_max_cooldown_secs: u64,
+
+    /// Rate-limit cooldown when upstream gives no reset time, seconds.
+    #[arg(long, env = "RATE_LIMIT_DEFAULT_COOLDOWN", default_value_t = 60)]
+    pub rate_limit_default_cooldown_secs: u64,
+
+    /// Cooldown after a 529 / overloaded error, seconds.
+    #[arg(long, env = "OVERLOAD_COOLDOWN", default_value_t = 30)]
+    pub overload_cooldown_secs: u64,
+
+    /// Cooldown after a 5xx or connection error, seconds.
+    #[arg(long, env = "SERVER_ERROR_COOLDOWN", default_value_t = 10)]
+    pub server_error_cooldown_secs: u64,
+
+    /// Months of request log kept by the retention job.
+    #[arg(long, env = "LOG_RETENTION_MONTHS", default_value_t = 6)]
+    pub log_retention_months: u32,
+
+    /// Most events waiting in the publisher queue before new requests are refused.
+    #[arg(long, env = "EVENT_QUEUE_CAPACITY", default_value_t = 100_000)]
+    pub event_queue_capacity: usize,
+
+    /// Most events in the local spool (used while the event log is unreachable)
+    /// before new requests are refused.
+    #[arg(long, env = "EVENT_SPOOL_MAX_EVENTS", default_value_t = 5_000_000)]
+    pub event_spool_max_events: u64,
+
+    /// Route every upstream request through the global proxy below (seed name).
+    #[arg(long, env = "GLOBAL_PROXY_ENABLED", default_value_t = false)]
+    pub global_proxy_enabled: bool,
+
+    /// Global proxy type: `http`, `https` or `socks5`.
+    #[arg(long, env = "GLOBAL_PROXY_TYPE", default_value = "http")]
+    pub global_proxy_type: String,
+
+    /// Global proxy host.
+    #[arg(long, env = "GLOBAL_PROXY_HOST")]
+    pub global_proxy_host: Option<String>,
+
+    /// Global proxy port.
+    #[arg(long, env = "GLOBAL_PROXY_PORT")]
+    pub global_proxy_port: Option<u16>,
+
+    /// Global proxy user name.
+    #[arg(long, env = "GLOBAL_PROXY_USERNAME")]
+    pub global_proxy_username: Option<String>,
+
+    /// Global proxy password.
+    #[arg(long, env = "GLOBAL_PROXY_PASSWORD", hide_env_values = true)]
+    pub global_proxy_password: Option<String>,
+}
+
+/// A boolean switch spelled `on`/`off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl ServeConfig {
+    /// The global proxy URL, if enabled and complete.
+    pub fn global_proxy_url(&self) -> Option<String> {
+        if !self.global_proxy_enabled {
+            return None;
+        }
+        let host = self.global_proxy_host.as_deref()?;
+        let port = self.global_proxy_port?;
+        let scheme = match self.global_proxy_type.as_str() {
+            "socks5" | "socks" => "socks5h",
+            "https" => "https",
+            _ => "http",
+        };
+        let auth = match (&self.global_proxy_username, &self.global_proxy_password) {
+            (Some(u), Some(p)) => format!("{u}:{p}@"),
+            (Some(u), None) => format!("{u}@"),
+            _ => String::new(),
+        };
+        Some(format!("{scheme}://{auth}{host}:{port}"))
+    }
+
+    /// `UPSTREAM_IDLE_TIMEOUT` as a duration.
+    pub fn upstream_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_idle_timeout_secs)
+    }
+
+    /// `SSE_KEEPALIVE_MS` as a duration.
+    pub fn sse_keepalive(&self) -> Duration {
+        Duration::from_millis(self.sse_keepalive_ms)
+    }
+}

@@ -1,0 +1,203 @@
+//! Secrets at rest and in memory.
+//!
+//! Upstream credentials are sealed with AES-256-GCM under a key from `ENCRYPTION_KEY`
+//! or, when unset, a key generated once into `<DATA_DIR>/encryption.key` (mode 0600).
+//! Tenant keys are never stored: only their SHA-256 (they are 256-bit random strings, so
+//! a fast hash is enough and keeps the auth lookup cheap).
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+
+/// A secret string whose `Debug` and `Display` never reveal it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself; call only where it is sent or sealed.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Errors sealing or opening secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// `ENCRYPTION_KEY` or the key file is not 64 hex characters.
+    #[error("encryption key must be 64 hex characters (32 bytes)")]
+    BadKey,
+    /// The key file could not be read or written.
+    #[error("encryption key file {path}: {source}")]
+    KeyFile {
+        /// Which file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A sealed value is malformed or was sealed under another key.
+    #[error("cannot decrypt credential (wrong ENCRYPTION_KEY or corrupt value)")]
+    Open,
+}
+
+/// Seals and opens upstream credentials.
+#[derive(Clone)]
+pub struct Cipher {
+    /// The AES-256-GCM instance holding the key.
+    aead: Aes256Gcm,
+}
+
+impl fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cipher(***)")
+    }
+}
+
+const SEALED_PREFIX: &str = "v1:";
+
+impl Cipher {
+    /// Builds a cipher from 64 hex characters.
+    pub fn from_hex(hex_key: &str) -> Result<Self, CryptoError> {
+        let bytes = hex::decode(hex_key.trim()).map_err(|_| CryptoError::BadKey)?;
+        let aead = Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
+        Ok(Self { aead })
+    }
+
+    /// Uses `configured` if given, else the key file in `data_dir`, generating it once.
+    pub fn load_or_create(configured: Option<&str>, data_dir: &Path) -> Result<Self, CryptoError> {
+        if let Some(k) = configured {
+            return Self::from_hex(k);
+        }
+        let path = data_dir.join("encryption.key");
+        let io_err = |source| CryptoError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_hex(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                let text = hex::encode(key);
+                write_private(&path, &text).map_err(io_err)?;
+                Self::from_hex(&text)
+            }
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    /// Encrypts a secret into `v1:<base64(nonce ‖ ciphertext)>`.
+    pub fn seal(&self, plain: &Secret) -> String {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        // Encryption with a fresh nonce and a valid key cannot fail for inputs of this
+        // size; an empty result would be caught by `open` on the way back.
+        let ct = self
+            .aead
+            .encrypt(Nonce::from_slice(&nonce), plain.expose().as_bytes())
+            .unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        format!("{SEALED_PREFIX}{}", STANDARD.encode(out))
+    }
+
+    /// Decrypts a value produced by [`Cipher::seal`].
+    pub fn open(&self, sealed: &str) -> Result<Secret, CryptoError> {
+        let b64 = sealed.strip_prefix(SEALED_PREFIX).ok_or(CryptoError::Open)?;
+        let raw = STANDARD.decode(b64).map_err(|_| CryptoError::Open)?;
+        if raw.len() < 12 + 16 {
+            return Err(CryptoError::Open);
+        }
+        let (nonce, ct) = raw.split_at(12);
+        let plain = self
+            .aead
+            .decrypt(Nonce::from_slice(nonce), ct)
+            .map_err(|_| CryptoError::Open)?;
+        String::from_utf8(plain)
+            .map(Secret)
+            .map_err(|_| CryptoError::Open)
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Prefix of every relay-issued key.
+pub const KEY_PREFIX: &str = "sk-relay-";
+
+/// Generates a new tenant key: the prefix plus 256 random bits, base64url.
+pub fn generate_key() -> Secret {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    Secret(format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)))
+}
+
+/// The stored form of a tenant key: lowercase hex SHA-256.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The displayable start of a key (at most 12 characters), for listings and audit.
+pub fn key_prefix(key: &str) -> String {
+    key.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_credentials_open_with_the_same_key_only() {
+        let a = Cipher::from_hex(&"11".repeat(32)).unwrap();
+        let b = Cipher::from_hex(&"22".repeat(32)).unwrap();
+        let sealed = a.seal(&Secret::new("sk-ant-api03-secret"));
+        assert!(!sealed.contains("secret"));
+        assert_eq!(a.open(&sealed).unwrap().expose(), "sk-ant-api03-secret");
+        assert!(b.open(&sealed).is_err());
+        assert!(a.open("v1:garbage").is_err());
+    }
+
+    #[test]
+    fn key_file_is_generated_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Cipher::load_or_create(None, dir.path()).unwrap();
+        let sealed = a.seal(&Secret::new("x"));
+        let b = Cipher::load_or_create(None, dir.path()).unwrap();
+        assert_eq!(b.open(&sealed).unwrap().expose(), "x");
+        assert!(Cipher::from_hex("abc").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        assert_eq!(format!("{:?}", Secret::new("sk-1")), "Secret(***)");
+        let k = generate_key();
+        assert!(k.expose().starts_with(KEY_PREFIX));
+        assert_eq!(hash_key(k.expose()).len(), 64);
+    }
+}

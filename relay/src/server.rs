@@ -1,0 +1,36 @@
+//! The HTTP server: router assembly and `run(listener, …, shutdown)`.
+//!
+//! The server takes an already-bound listener so tests bind `127.0.0.1:0`.
+
+use crate::app::AppState;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Builds the router with every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .with_state(state)
+}
+
+/// `GET /health`: the process is up and serving.
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight
+/// requests finish.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}

@@ -1,0 +1,158 @@
+//! Start-up glue: open the database and the event log, build the state, run the
+//! server and the background tasks, and shut everything down in order.
+//!
+//! This is the only place that picks an `EventLog` implementation: `NATS_URL` set
+//! means JetStream, unset means the embedded SQLite log.
+
+use crate::accounts::AccountStore;
+use crate::app::{AppInner, AppState};
+use crate::config::{CommonConfig, ServeConfig};
+use crate::crypto::Cipher;
+use crate::db::{self, Backend};
+use crate::keys::KeyStore;
+use anyhow::Context as _;
+use ingest::publisher::{Publisher, PublisherConfig};
+use ingest::EventLog;
+use sqlx::AnyPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Creates `DATA_DIR` if needed.
+pub fn ensure_data_dir(common: &CommonConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&common.data_dir)
+        .with_context(|| format!("cannot create DATA_DIR {}", common.data_dir.display()))
+}
+
+/// Opens the configured event log.
+pub async fn open_event_log(common: &CommonConfig) -> anyhow::Result<Arc<dyn EventLog>> {
+    match &common.nats_url {
+        Some(url) => {
+            let settings = nats::StreamSettings {
+                duplicate_window: Duration::from_secs(common.nats_duplicate_window_secs),
+                ..nats::StreamSettings::default()
+            };
+            let log = nats::JetStreamLog::connect(url, settings)
+                .await
+                .with_context(|| "cannot open the JetStream event log at NATS_URL")?;
+            Ok(Arc::new(log))
+        }
+        None => {
+            let path = common.data_dir.join("events.db");
+            let log = ingest::sqlite::SqliteLog::open(&path)
+                .await
+                .with_context(|| format!("cannot open the event log {}", path.display()))?;
+            Ok(Arc::new(log))
+        }
+    }
+}
+
+/// Opens the database and applies every migration (relay and projections).
+pub async fn open_db(common: &CommonConfig) -> anyhow::Result<AnyPool> {
+    let url = common.database_url();
+    let backend = Backend::from_url(&url)?;
+    let pool = db::connect(&url).await?;
+    db::migrate(&pool, backend).await?;
+    projections::migrate(&pool)
+        .await
+        .context("projection migrations failed")?;
+    Ok(pool)
+}
+
+/// Loads the credential cipher.
+pub fn cipher(common: &CommonConfig) -> anyhow::Result<Cipher> {
+    Ok(Cipher::load_or_create(
+        common.encryption_key.as_deref(),
+        &common.data_dir,
+    )?)
+}
+
+/// Builds the application state and starts the publisher.
+pub async fn build_state(
+    common: CommonConfig,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) -> anyhow::Result<AppState> {
+    ensure_data_dir(&common)?;
+    let db = open_db(&common).await?;
+    let log = open_event_log(&common).await?;
+    let cipher = cipher(&common)?;
+    let publisher = Publisher::start(
+        log.clone(),
+        PublisherConfig {
+            spool_path: common.data_dir.join("spool.db"),
+            queue_capacity: config.event_queue_capacity,
+            spool_max_events: config.event_spool_max_events,
+            ..PublisherConfig::default()
+        },
+        &tracker,
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot start the event publisher")?;
+    Ok(AppState(Arc::new(AppInner {
+        keys: KeyStore::new(db.clone()),
+        accounts: AccountStore::new(db.clone(), cipher),
+        common,
+        config,
+        db,
+        log,
+        publisher,
+        shutdown,
+        tracker,
+    })))
+}
+
+/// `relay serve`: binds, serves until SIGINT/SIGTERM, then drains.
+pub async fn serve(common: CommonConfig, config: ServeConfig) -> anyhow::Result<()> {
+    let addr = format!("{}:{}", config.host, config.port);
+    ensure_data_dir(&common)?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let state = build_state(common, config, shutdown.clone(), tracker.clone()).await?;
+    tracing::info!(%addr, log = state.log.backend(), "relay listening");
+    tracker.spawn(wait_for_signal(shutdown.clone()));
+    run_with_state(listener, state).await
+}
+
+/// Runs the server and background tasks on a bound listener until shutdown, then
+/// waits for the tracker (publisher drain, projectors) to finish.
+pub async fn run_with_state(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let tracker = state.tracker.clone();
+    crate::background::spawn(&state);
+    let app = crate::server::router(state);
+    let result = crate::server::run(listener, app, shutdown.clone()).await;
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    result.context("server failed")
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = shutdown.cancelled() => return,
+    }
+    tracing::info!("shutdown requested; draining");
+    shutdown.cancel();
+}
