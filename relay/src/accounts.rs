@@ -4,7 +4,7 @@
 //! the proxy path; this module is only the durable configuration.
 
 use crate::crypto::{Cipher, CryptoError, Secret};
-use chrono::Utc;
+use chrono::{DateTime, TimeZone, Utc};
 use schema::AccountId;
 use sqlx::{AnyPool, Row};
 use uuid::Uuid;
@@ -61,6 +61,10 @@ pub struct Account {
     pub proxy_url: Option<String>,
     /// Disabled accounts are never scheduled.
     pub enabled: bool,
+    /// OAuth accounts: the refresh token, decrypted.
+    pub refresh_token: Option<Secret>,
+    /// OAuth accounts: when the access token lapses.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Input for [`AccountStore::add`].
@@ -147,13 +151,23 @@ impl AccountStore {
 
     /// Adds an account and returns its id.
     pub async fn add(&self, new: NewAccount) -> Result<AccountId, AccountStoreError> {
+        self.add_with_tokens(new, None, None).await
+    }
+
+    /// Adds an OAuth account with its refresh token and access-token expiry.
+    pub async fn add_with_tokens(
+        &self,
+        new: NewAccount,
+        refresh_token: Option<Secret>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<AccountId, AccountStoreError> {
         validate(&new)?;
         let id = AccountId::parse(format!("acc_{}", Uuid::now_v7().simple()))
             .map_err(|e| AccountStoreError::Invalid(e.to_string()))?;
         sqlx::query(
             "INSERT INTO accounts (id, name, kind, base_url, credential_enc, priority, weight, \
-             group_name, concurrency, proxy_url, enabled, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11)",
+             group_name, concurrency, proxy_url, enabled, created_at_ms, refresh_token_enc, \
+             expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $12, $13)",
         )
         .bind(id.as_str())
         .bind(new.name.trim())
@@ -166,16 +180,40 @@ impl AccountStore {
         .bind(i64::from(new.concurrency))
         .bind(new.proxy_url)
         .bind(Utc::now().timestamp_millis())
+        .bind(refresh_token.as_ref().map(|t| self.cipher.seal(t)))
+        .bind(expires_at.map(|t| t.timestamp_millis()))
         .execute(&self.db)
         .await?;
         Ok(id)
+    }
+
+    /// Stores refreshed OAuth tokens. A missing refresh token keeps the old one.
+    pub async fn update_tokens(
+        &self,
+        id: &AccountId,
+        access_token: &Secret,
+        refresh_token: Option<&Secret>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), AccountStoreError> {
+        sqlx::query(
+            "UPDATE accounts SET credential_enc = $1, \
+             refresh_token_enc = COALESCE($2, refresh_token_enc), expires_at_ms = $3 WHERE id = $4",
+        )
+        .bind(self.cipher.seal(access_token))
+        .bind(refresh_token.map(|t| self.cipher.seal(t)))
+        .bind(expires_at.timestamp_millis())
+        .bind(id.as_str())
+        .execute(&self.db)
+        .await?;
+        Ok(())
     }
 
     /// Every account, credentials opened, in name order.
     pub async fn list(&self) -> Result<Vec<Account>, AccountStoreError> {
         let rows = sqlx::query(
             "SELECT id, name, kind, base_url, credential_enc, priority, weight, group_name, \
-             concurrency, proxy_url, enabled FROM accounts ORDER BY name",
+             concurrency, proxy_url, enabled, refresh_token_enc, expires_at_ms FROM accounts \
+             ORDER BY name",
         )
         .fetch_all(&self.db)
         .await?;
@@ -191,6 +229,8 @@ impl AccountStore {
         let weight: i64 = row.try_get("weight")?;
         let concurrency: i64 = row.try_get("concurrency")?;
         let enabled: i64 = row.try_get("enabled")?;
+        let refresh: Option<String> = row.try_get("refresh_token_enc")?;
+        let expires: Option<i64> = row.try_get("expires_at_ms")?;
         Ok(Account {
             id: AccountId::parse(id).map_err(|_| invalid("id"))?,
             name: row.try_get("name")?,
@@ -203,6 +243,8 @@ impl AccountStore {
             concurrency: u32::try_from(concurrency).map_err(|_| invalid("concurrency"))?,
             proxy_url: row.try_get("proxy_url")?,
             enabled: enabled != 0,
+            refresh_token: refresh.map(|r| self.cipher.open(&r)).transpose()?,
+            expires_at: expires.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
         })
     }
 }

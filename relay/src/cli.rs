@@ -139,8 +139,25 @@ pub struct KeyCreateArgs {
 pub enum AccountsCommand {
     /// Add an Anthropic API-key account; the credential is read from stdin.
     Add(AccountAddArgs),
+    /// Add a Claude subscription account by logging in (OAuth PKCE): opens nothing,
+    /// prints the URL to visit, then reads the pasted `code#state` from stdin.
+    OauthLogin(OAuthLoginArgs),
     /// List accounts (never the credentials).
     List,
+}
+
+/// `relay accounts oauth-login`.
+#[derive(Debug, Args)]
+pub struct OAuthLoginArgs {
+    /// Scheduling and routing settings, as for `accounts add`.
+    #[command(flatten)]
+    pub account: AccountAddArgs,
+    /// Login page.
+    #[arg(long, env = "OAUTH_AUTHORIZE_URL", default_value = crate::oauth::DEFAULT_AUTHORIZE_URL)]
+    pub authorize_url: String,
+    /// Token endpoint.
+    #[arg(long, env = "OAUTH_TOKEN_URL", default_value = crate::oauth::DEFAULT_TOKEN_URL)]
+    pub token_url: String,
 }
 
 /// `relay accounts add`.

@@ -142,12 +142,20 @@ pub struct ServeConfig {
 
     /// Most events waiting in the publisher queue before new requests are refused.
     #[arg(long, env = "EVENT_QUEUE_CAPACITY", default_value_t = 100_000)]
-    pub event_queue_capacity: usize,
+    pub event_queue_capacity: u64,
 
     /// Most events in the local spool (used while the event log is unreachable)
     /// before new requests are refused.
     #[arg(long, env = "EVENT_SPOOL_MAX_EVENTS", default_value_t = 5_000_000)]
     pub event_spool_max_events: u64,
+
+    /// OAuth token endpoint used to refresh subscription accounts' access tokens.
+    #[arg(long, env = "OAUTH_TOKEN_URL", default_value = crate::oauth::DEFAULT_TOKEN_URL)]
+    pub oauth_token_url: String,
+
+    /// How often to look for OAuth access tokens that need refreshing, seconds.
+    #[arg(long, env = "OAUTH_REFRESH_CHECK_SECS", default_value_t = 60)]
+    pub oauth_refresh_check_secs: u64,
 
     /// Route every upstream request through the global proxy below (seed name).
     #[arg(long, env = "GLOBAL_PROXY_ENABLED", default_value_t = false)]

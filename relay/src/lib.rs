@@ -6,7 +6,8 @@
 //! - [`startup`], [`server`], [`background`]: wiring, the HTTP server, background tasks;
 //! - [`app`]: shared state handed to handlers;
 //! - [`keys`], [`accounts`], [`crypto`], [`db`]: tenant keys, upstream accounts,
-//!   secrets at rest, the SQL database;
+//!   secrets at rest, the SQL database; [`oauth`]: subscription-account login and
+//!   token refresh;
 //! - [`error`]: Anthropic-shaped client errors;
 //! - [`cmd`]: operator subcommands.
 
@@ -20,5 +21,6 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod keys;
+pub mod oauth;
 pub mod server;
 pub mod startup;

@@ -83,10 +83,9 @@ pub async fn build_state(
     let publisher = Publisher::start(
         log.clone(),
         PublisherConfig {
-            spool_path: common.data_dir.join("spool.db"),
             queue_capacity: config.event_queue_capacity,
             spool_max_events: config.event_spool_max_events,
-            ..PublisherConfig::default()
+            ..PublisherConfig::new(common.data_dir.join("spool.db"))
         },
         &tracker,
         shutdown.clone(),

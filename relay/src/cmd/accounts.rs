@@ -2,7 +2,8 @@
 
 use super::Context;
 use crate::accounts::{AccountKind, AccountStore, NewAccount};
-use crate::cli::{AccountAddArgs, AccountsCommand};
+use crate::cli::{AccountAddArgs, AccountsCommand, OAuthLoginArgs};
+use crate::oauth;
 use crate::crypto::Secret;
 use crate::startup;
 use anyhow::Context as _;
@@ -13,6 +14,7 @@ pub async fn run(ctx: &Context, cmd: &AccountsCommand) -> anyhow::Result<()> {
     let store = AccountStore::new(ctx.db.clone(), startup::cipher(&ctx.common)?);
     match cmd {
         AccountsCommand::Add(args) => add(ctx, &store, args).await,
+        AccountsCommand::OauthLogin(args) => oauth_login(ctx, &store, args).await,
         AccountsCommand::List => list(&store).await,
     }
 }
@@ -54,6 +56,61 @@ async fn add(ctx: &Context, store: &AccountStore, args: &AccountAddArgs) -> anyh
             args.priority,
             args.weight,
             args.group.as_deref().unwrap_or("-")
+        ),
+    )
+    .await?;
+    writeln!(std::io::stdout().lock(), "{id}")?;
+    Ok(())
+}
+
+async fn oauth_login(
+    ctx: &Context,
+    store: &AccountStore,
+    args: &OAuthLoginArgs,
+) -> anyhow::Result<()> {
+    let pkce = oauth::Pkce::generate();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "Open this URL, log in, and paste the code shown (code#state):")?;
+        writeln!(out, "{}", pkce.authorize_url(&args.authorize_url))?;
+        out.flush()?;
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the code from stdin")?;
+    let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(proxy) = &args.account.proxy {
+        http = http.proxy(reqwest::Proxy::all(proxy).context("invalid --proxy")?);
+    }
+    let tokens = oauth::exchange_code(&http.build()?, &args.token_url, &pkce, &line, chrono::Utc::now())
+        .await?;
+    let a = &args.account;
+    let id = store
+        .add_with_tokens(
+            NewAccount {
+                name: a.name.clone(),
+                kind: AccountKind::OAuth,
+                base_url: a.base_url.clone(),
+                credential: tokens.access_token,
+                priority: a.priority,
+                weight: a.weight,
+                group: a.group.clone(),
+                concurrency: a.concurrency,
+                proxy_url: a.proxy.clone(),
+            },
+            tokens.refresh_token,
+            Some(tokens.expires_at),
+        )
+        .await?;
+    ctx.record_admin(
+        "account.add",
+        &format!("account:{id}"),
+        &format!(
+            "added oauth account {id} ({}) by login{}; access token expires {}",
+            a.name,
+            tokens.email.map(|e| format!(" as {e}")).unwrap_or_default(),
+            tokens.expires_at.to_rfc3339()
         ),
     )
     .await?;

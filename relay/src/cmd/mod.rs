@@ -57,10 +57,7 @@ impl Context {
         let shutdown = CancellationToken::new();
         let publisher = Publisher::start(
             self.log.clone(),
-            PublisherConfig {
-                spool_path: self.common.data_dir.join("spool.db"),
-                ..PublisherConfig::default()
-            },
+            PublisherConfig::new(self.common.data_dir.join("spool.db")),
             &tracker,
             shutdown.clone(),
         )

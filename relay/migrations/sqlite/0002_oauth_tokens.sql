@@ -1,0 +1,4 @@
+-- OAuth (Claude subscription) accounts: a sealed refresh token and the access token's
+-- expiry, so the relay can refresh before it lapses.
+ALTER TABLE accounts ADD COLUMN refresh_token_enc TEXT;
+ALTER TABLE accounts ADD COLUMN expires_at_ms INTEGER;
