@@ -1,0 +1,3 @@
+//! The benchmark harness (placeholder until the driver lands).
+
+fn main() {}
