@@ -1,3 +1,131 @@
-//! The benchmark harness (placeholder until the driver lands).
+//! `bench`: measures the relay against the mock upstream directly, in one invocation.
+//!
+//! `cargo run -p bench --release -- all --quick` is the CI smoke run (< 2 min);
+//! `bench all` is the full run recorded in docs/benchmarks.md. The relay runs as a child
+//! process (`target/release/relay`, or `--relay-bin` / `RELAY_BIN`) with a temporary
+//! DATA_DIR; the mock runs as another child process (`mock-upstream`, one worker).
 
-fn main() {}
+mod harness;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use harness::processes::sibling_binary;
+use harness::scenarios::{Bench, Sizes};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(about = "Relay benchmark harness: relay vs direct, interleaved")]
+struct Cli {
+    /// Which scenario(s) to run.
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Small sizes for CI (finishes in under 2 minutes).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// The relay binary (default: `relay` next to this executable).
+    #[arg(long, env = "RELAY_BIN", global = true)]
+    relay_bin: Option<PathBuf>,
+    /// The mock binary (default: `mock-upstream` next to this executable).
+    #[arg(long, env = "MOCK_BIN", global = true)]
+    mock_bin: Option<PathBuf>,
+    /// Measure the mock only (no relay).
+    #[arg(long, global = true)]
+    direct_only: bool,
+    /// Tokio worker threads of the load driver.
+    #[arg(long, default_value_t = 1, global = true)]
+    driver_threads: usize,
+    /// Also write the markdown report to this file.
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+}
+
+/// Scenarios (numbers as in the benchmark issue).
+#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+enum Scenario {
+    /// 1, 6, 2 and 3.
+    All,
+    /// 1: added latency at concurrency 1.
+    Latency,
+    /// 6: 200 KB Claude-Code-sized requests at concurrency 1.
+    Large,
+    /// 2: throughput at fixed concurrency and fixed rates.
+    Throughput,
+    /// 3: streaming TTFB, gaps and concurrent streams.
+    Streaming,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+async fn run(cli: &Cli) -> Result<String> {
+    let mock_bin = match &cli.mock_bin {
+        Some(p) => p.clone(),
+        None => sibling_binary("mock-upstream")?,
+    };
+    let relay_bin = if cli.direct_only {
+        None
+    } else {
+        Some(match &cli.relay_bin {
+            Some(p) => p.clone(),
+            None => sibling_binary("relay")?,
+        })
+    };
+    let sizes = if cli.quick { Sizes::QUICK } else { Sizes::FULL };
+    let mut bench = Bench::start(sizes, mock_bin, relay_bin)
+        .await
+        .context("start the mock and the relay")?;
+    let s = cli.scenario;
+    if matches!(s, Scenario::All | Scenario::Latency) {
+        bench.latency(false).await?;
+    }
+    if matches!(s, Scenario::All | Scenario::Large) {
+        bench.latency(true).await?;
+    }
+    if matches!(s, Scenario::All | Scenario::Throughput) {
+        bench.throughput().await?;
+    }
+    if matches!(s, Scenario::All | Scenario::Streaming) {
+        bench.streaming().await?;
+    }
+    bench.finish();
+    let header = format!(
+        "## Run: `bench {}{}` — {}\n\nMachine: {}. Driver: {} tokio worker(s), keep-alive hyper pool. Mock: separate process, 1 worker, pre-rendered bodies.\n",
+        format!("{s:?}").to_lowercase(),
+        if cli.quick { " --quick" } else { "" },
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        machine(),
+        cli.driver_threads,
+    );
+    Ok(format!("{header}{}", bench.report))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.driver_threads.max(1))
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(&cli))?;
+    if let Some(path) = &cli.out {
+        std::fs::write(path, &report).with_context(|| format!("write {}", path.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(report.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

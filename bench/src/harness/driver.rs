@@ -1,0 +1,382 @@
+//! The load driver: closed loop at fixed concurrency and open loop at a fixed rate, over a
+//! keep-alive hyper connection pool, recording HDR histograms in microseconds.
+//!
+//! Open-loop latency is measured from each request's *intended* send time, so a stalled
+//! server cannot hide queueing delay (no coordinated omission).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// The pooled HTTP/1.1 client every target shares.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A keep-alive client with TCP_NODELAY and an unbounded idle pool.
+pub fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(usize::MAX)
+        .build(connector)
+}
+
+/// Where requests go: the mock directly, or the relay.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `direct` or `relay`.
+    pub name: &'static str,
+    /// Full URL of `POST /v1/messages`.
+    pub uri: Uri,
+    /// Credential sent as `x-api-key`.
+    pub key: String,
+}
+
+/// What each request sends and how the answer is checked.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// The request body.
+    pub body: Bytes,
+    /// Extra request headers (Claude Code's, for realism).
+    pub headers: Vec<(&'static str, String)>,
+    /// Read the answer as an SSE stream.
+    pub stream: bool,
+    /// Events a complete stream has (`event:` lines); 0 = do not check.
+    pub expected_events: usize,
+    /// A gap between frames above this counts the stream as stalled.
+    pub stall_after: Option<Duration>,
+}
+
+/// Results of a run against one target.
+pub struct Recorder {
+    /// Time to the end of the response (µs).
+    pub total: Histogram<u64>,
+    /// Streams: time to the first body byte (µs).
+    pub ttfb: Histogram<u64>,
+    /// Streams: gaps between body frames (µs).
+    pub gap: Histogram<u64>,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests (transport error or non-200).
+    pub errors: u64,
+    /// Streams that ended without all their events or without `message_stop`.
+    pub lost: u64,
+    /// Streams with a gap above the stall threshold.
+    pub stalled: u64,
+    /// Open loop: requests not sent because too many were in flight.
+    pub shed: u64,
+    /// The first error seen, for the report.
+    pub first_error: Option<String>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+#[expect(
+    clippy::expect_used,
+    reason = "constant bounds (1 µs .. 10 min, 3 significant digits) are always valid"
+)]
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            total: histogram(),
+            ttfb: histogram(),
+            gap: histogram(),
+            ok: 0,
+            errors: 0,
+            lost: 0,
+            stalled: 0,
+            shed: 0,
+            first_error: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+impl Recorder {
+    /// Adds another recorder's counts and samples.
+    pub fn merge(&mut self, other: &Recorder) {
+        let _ = self.total.add(&other.total);
+        let _ = self.ttfb.add(&other.ttfb);
+        let _ = self.gap.add(&other.gap);
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.lost += other.lost;
+        self.stalled += other.stalled;
+        self.shed += other.shed;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+
+    /// Requests attempted.
+    pub fn attempts(&self) -> u64 {
+        self.ok + self.errors + self.shed
+    }
+
+    /// Completed requests per second of wall time.
+    pub fn throughput(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            (self.ok + self.errors) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Failed fraction (errors, lost, shed) in percent.
+    pub fn error_pct(&self) -> f64 {
+        let attempts = self.attempts();
+        if attempts == 0 {
+            return 0.0;
+        }
+        100.0 * (self.errors + self.lost + self.shed) as f64 / attempts as f64
+    }
+
+    /// Counts a failure, keeping the first message.
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(what);
+        }
+    }
+
+    fn record(&mut self, h: fn(&mut Recorder) -> &mut Histogram<u64>, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = h(self).record(us.min(600_000_000));
+    }
+}
+
+fn count_events(body: &[u8]) -> usize {
+    memchr::memmem::find_iter(body, b"event: ").count()
+}
+
+/// What one request produced, recorded into a [`Recorder`] by the caller.
+#[derive(Default)]
+struct Outcome {
+    total: Option<Duration>,
+    ttfb: Option<Duration>,
+    gaps: Vec<Duration>,
+    error: Option<String>,
+    lost: bool,
+    stalled: bool,
+}
+
+impl Recorder {
+    fn add(&mut self, o: Outcome) {
+        if let Some(t) = o.ttfb {
+            self.record(|r| &mut r.ttfb, t);
+        }
+        for g in o.gaps {
+            self.record(|r| &mut r.gap, g);
+        }
+        self.lost += u64::from(o.lost);
+        self.stalled += u64::from(o.stalled);
+        match (o.error, o.total) {
+            (Some(e), _) => self.error(e),
+            (None, Some(t)) => {
+                self.record(|r| &mut r.total, t);
+                self.ok += 1;
+            }
+            (None, None) => self.error("no outcome".to_owned()),
+        }
+    }
+}
+
+fn failed(error: String) -> Outcome {
+    Outcome {
+        error: Some(error),
+        ..Outcome::default()
+    }
+}
+
+/// Sends one request; latency counts from `t0`.
+async fn one(client: &HttpClient, target: &Target, work: &Workload, t0: Instant) -> Outcome {
+    let mut req = Request::post(target.uri.clone())
+        .header("x-api-key", &target.key)
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json");
+    for (k, v) in &work.headers {
+        req = req.header(*k, v);
+    }
+    let req = match req.body(Full::new(work.body.clone())) {
+        Ok(r) => r,
+        Err(e) => return failed(format!("build request: {e}")),
+    };
+    let resp = match client.request(req).await {
+        Ok(r) => r,
+        Err(e) => return failed(format!("{}: {e:?}", target.name)),
+    };
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut out = Outcome::default();
+    let mut last = t0;
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let mut o = failed(format!("{} body: {e}", target.name));
+                o.lost = work.stream;
+                return o;
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let now = Instant::now();
+        if work.stream {
+            if out.ttfb.is_none() {
+                out.ttfb = Some(now - t0);
+            } else {
+                out.gaps.push(now - last);
+            }
+            buf.extend_from_slice(&data);
+        } else if status != StatusCode::OK && buf.len() < 512 {
+            buf.extend_from_slice(&data);
+        }
+        last = now;
+    }
+    if status != StatusCode::OK {
+        return failed(format!(
+            "{} status {status}: {}",
+            target.name,
+            String::from_utf8_lossy(&buf[..buf.len().min(300)])
+        ));
+    }
+    out.total = Some(Instant::now() - t0);
+    if work.stream {
+        let complete = buf.ends_with(b"data: {\"type\":\"message_stop\"}\n\n")
+            && (work.expected_events == 0 || count_events(&buf) == work.expected_events);
+        out.lost = !complete;
+        let max_gap = out.gaps.iter().max().copied().unwrap_or_default();
+        out.stalled = work.stall_after.is_some_and(|limit| max_gap > limit);
+    }
+    out
+}
+
+/// When a run stops.
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    /// After this many requests in total.
+    Count(u64),
+    /// After this much wall time (requests in flight finish).
+    After(Duration),
+}
+
+/// `concurrency` workers each sending back-to-back requests.
+pub async fn closed_loop(
+    client: &HttpClient,
+    target: &Target,
+    work: &Workload,
+    concurrency: usize,
+    stop: Stop,
+) -> Recorder {
+    let started = Instant::now();
+    let remaining = Arc::new(AtomicU64::new(match stop {
+        Stop::Count(n) => n,
+        Stop::After(_) => u64::MAX,
+    }));
+    let deadline = match stop {
+        Stop::After(d) => Some(started + d),
+        Stop::Count(_) => None,
+    };
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, target, work, remaining) = (
+            client.clone(),
+            target.clone(),
+            work.clone(),
+            remaining.clone(),
+        );
+        workers.spawn(async move {
+            let mut rec = Recorder::default();
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let claimed = remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                if claimed.is_err() {
+                    break;
+                }
+                rec.add(one(&client, &target, &work, Instant::now()).await);
+            }
+            rec
+        });
+    }
+    let mut total = Recorder::default();
+    while let Some(done) = workers.join_next().await {
+        if let Ok(rec) = done {
+            total.merge(&rec);
+        }
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// Requests released at `rate` per second for `duration`, each on its own task; at most
+/// `max_in_flight` outstanding (the rest are counted as shed).
+pub async fn open_loop(
+    client: &HttpClient,
+    target: &Target,
+    work: &Workload,
+    rate: f64,
+    duration: Duration,
+    max_in_flight: usize,
+) -> Recorder {
+    let shared = Arc::new(Mutex::new(Recorder::default()));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    let mut shed = 0;
+    for i in 0..total {
+        let due = started + period.mul_f64(i as f64);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        while tasks.try_join_next().is_some() {}
+        if in_flight.load(Ordering::Relaxed) >= max_in_flight {
+            shed += 1;
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (client, target, work, shared, in_flight) = (
+            client.clone(),
+            target.clone(),
+            work.clone(),
+            shared.clone(),
+            in_flight.clone(),
+        );
+        tasks.spawn(async move {
+            let outcome = one(&client, &target, &work, due).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Ok(mut s) = shared.lock() {
+                s.add(outcome);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut rec = Recorder::default();
+    if let Ok(s) = shared.lock() {
+        rec.merge(&s);
+    }
+    rec.shed = shed;
+    rec.elapsed = started.elapsed();
+    rec
+}

@@ -1,0 +1,242 @@
+//! The processes under test: the mock upstream and the relay, each a child process.
+//!
+//! The mock runs out of process (the `mock-upstream` binary, one tokio worker) so that
+//! neither its CPU nor its scheduling hides inside the driver or the relay; the relay's
+//! CPU and RSS are read from its own /proc entry.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+/// A child process killed (and reaped) on drop.
+pub struct Guard {
+    child: Child,
+}
+
+impl Guard {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sibling binary of the running executable (`target/release/<name>`).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("executable has no directory"))?;
+    Ok(dir.join(name))
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Settings of one mock process.
+#[derive(Clone, Debug)]
+pub struct MockSettings {
+    /// text_delta events per stream.
+    pub events: usize,
+    /// Pacing between deltas.
+    pub interval: Duration,
+    /// Delay before the response head.
+    pub first_byte: Duration,
+}
+
+impl Default for MockSettings {
+    fn default() -> Self {
+        MockSettings {
+            events: 6,
+            interval: Duration::ZERO,
+            first_byte: Duration::ZERO,
+        }
+    }
+}
+
+impl MockSettings {
+    /// `event:` lines in one complete stream of the fast mock (no thinking, no tool):
+    /// message_start, content_block_start, ping, deltas, content_block_stop,
+    /// message_delta, message_stop.
+    pub fn events_per_stream(&self) -> usize {
+        self.events.max(1) + 6
+    }
+}
+
+/// Starts `mock-upstream` on `port`; returns the guard once it prints its address.
+pub fn start_mock(bin: &Path, port: u16, settings: &MockSettings) -> Result<Guard> {
+    let mut child = Command::new(bin)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--threads",
+            "1",
+            "--events",
+            &settings.events.to_string(),
+            "--interval-us",
+            &settings.interval.as_micros().to_string(),
+            "--first-byte-us",
+            &settings.first_byte.as_micros().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("mock stdout"))?;
+    let guard = Guard { child };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the mock never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("mock-upstream did not report its address")?;
+    if !line.starts_with("MOCK_LISTENING ") {
+        bail!("unexpected mock output: {line}");
+    }
+    Ok(guard)
+}
+
+/// A running relay with one upstream account pointing at the mock.
+pub struct Relay {
+    /// The serving process.
+    pub guard: Guard,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The relay-issued client key.
+    pub key: String,
+    /// Kept so the data directory lives as long as the relay.
+    _data_dir: tempfile::TempDir,
+}
+
+fn run_cli(bin: &Path, data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("DATA_DIR", data_dir)
+        .env("LOG_LEVEL", "warn")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())?;
+        pipe.write_all(b"\n")?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "relay {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sets up a fresh relay (temp DATA_DIR, one account at `upstream_url` with
+/// `upstream_key`, one client key) and starts `relay serve`.
+pub async fn start_relay(bin: &Path, upstream_url: &str, upstream_key: &str) -> Result<Relay> {
+    if !bin.exists() {
+        bail!(
+            "relay binary not found at {} (build it: cargo build --release -p relay)",
+            bin.display()
+        );
+    }
+    let data_dir = tempfile::tempdir()?;
+    run_cli(
+        bin,
+        data_dir.path(),
+        &[
+            "accounts",
+            "add",
+            "--name",
+            "mock",
+            "--base-url",
+            upstream_url,
+        ],
+        Some(upstream_key),
+    )?;
+    let out = run_cli(
+        bin,
+        data_dir.path(),
+        &["keys", "create", "--name", "bench"],
+        None,
+    )?;
+    let key = out
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .ok_or_else(|| anyhow!("relay keys create printed no key"))?
+        .to_owned();
+    let port = free_port()?;
+    let log = std::fs::File::create(data_dir.path().join("relay.log"))?;
+    let child = Command::new(bin)
+        .arg("serve")
+        .env("DATA_DIR", data_dir.path())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawn {} serve", bin.display()))?;
+    let guard = Guard { child };
+    let base_url = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base_url, Duration::from_secs(30))
+        .await
+        .with_context(|| {
+            let log =
+                std::fs::read_to_string(data_dir.path().join("relay.log")).unwrap_or_default();
+            format!("relay did not become healthy; log:\n{log}")
+        })?;
+    Ok(Relay {
+        guard,
+        base_url,
+        key,
+        _data_dir: data_dir,
+    })
+}
+
+async fn wait_healthy(base_url: &str, timeout: Duration) -> Result<()> {
+    let client = super::driver::client();
+    let uri: http::Uri = format!("{base_url}/health").parse()?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let req = http::Request::get(uri.clone()).body(http_body_util::Full::default())?;
+        if let Ok(resp) = client.request(req).await {
+            if resp.status() == http::StatusCode::OK {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("GET /health did not answer 200 within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
