@@ -15,7 +15,7 @@
 //! and, behind the `testing` feature, `testing::NatsServer` to run a private
 //! nats-server in tests.
 
-use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -28,6 +28,7 @@ use futures::StreamExt;
 use ingest::{Appended, EventLog, EventStream, LogError, Position, StoredEvent};
 use schema::{Category, Envelope, SUBJECT_PREFIX};
 use std::time::Duration;
+use tokio::sync::watch;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -113,6 +114,9 @@ pub struct JetStreamLog {
     context: Context,
     stream_name: String,
     client: async_nats::Client,
+    /// Counts (re)connections; subscriptions recreate their consumer when it moves,
+    /// because a restarted server has forgotten the ephemeral consumers.
+    connections: watch::Receiver<u64>,
 }
 
 impl JetStreamLog {
@@ -120,17 +124,24 @@ impl JetStreamLog {
     /// stream. Fails with [`LogError::Unavailable`] when the server cannot be reached;
     /// once connected, the client reconnects forever.
     pub async fn connect(url: &str, settings: StreamSettings) -> Result<JetStreamLog, LogError> {
+        let (connected, connections) = watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name("relay")
             .connection_timeout(settings.connect_timeout)
             .request_timeout(Some(settings.timeout))
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("nats connected"),
-                    async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
-                    other => tracing::warn!(event = %other, "nats event"),
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            connected.send_modify(|n| *n += 1);
+                            tracing::info!("nats connected");
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                        other => tracing::warn!(event = %other, "nats event"),
+                    }
                 }
             })
             .connect(url)
@@ -162,6 +173,7 @@ impl JetStreamLog {
             context,
             stream_name: settings.stream_name,
             client,
+            connections,
         })
     }
 
@@ -248,37 +260,17 @@ impl EventLog for JetStreamLog {
         after: Position,
         filter: Option<Category>,
     ) -> Result<EventStream, LogError> {
-        let deliver_policy = if after == 0 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            }
-        };
-        let config = OrderedConfig {
-            deliver_policy,
-            filter_subject: filter.map(Category::subject_filter).unwrap_or_default(),
-            ..Default::default()
-        };
-        let consumer = self
-            .context
-            .create_consumer_on_stream(config, &self.stream_name)
-            .await
-            .map_err(|e| match e.kind() {
-                ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => {
-                    LogError::Unavailable(format!("cannot create consumer: {e}"))
-                }
-                ConsumerErrorKind::JetStream(api) => {
-                    jetstream_api_error(&api, "cannot create consumer")
-                }
-                _ => LogError::Backend(Box::new(e)),
-            })?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| LogError::Unavailable(format!("cannot start consumer: {e}")))?;
+        let mut connections = self.connections.clone();
+        connections.borrow_and_update();
+        let filter_subject = filter.map(Category::subject_filter).unwrap_or_default();
+        let messages =
+            open_ordered(&self.context, &self.stream_name, after, &filter_subject).await?;
         let state = Reader {
-            messages,
+            context: self.context.clone(),
+            stream_name: self.stream_name.clone(),
+            filter_subject,
+            connections,
+            messages: Some(messages),
             last: after,
             done: false,
         };
@@ -307,39 +299,124 @@ impl EventLog for JetStreamLog {
     }
 }
 
-/// One subscription: an ordered consumer, which recreates itself after server
-/// restarts and sequence gaps, plus our own guard that positions only move forward.
+/// Creates an ordered consumer delivering the events after `after`.
+async fn open_ordered(
+    context: &Context,
+    stream_name: &str,
+    after: Position,
+    filter_subject: &str,
+) -> Result<Ordered, LogError> {
+    let deliver_policy = if after == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        }
+    };
+    let config = OrderedConfig {
+        deliver_policy,
+        filter_subject: filter_subject.to_owned(),
+        ..Default::default()
+    };
+    let consumer = context
+        .create_consumer_on_stream(config, stream_name)
+        .await
+        .map_err(|e| match e.kind() {
+            ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => {
+                LogError::Unavailable(format!("cannot create consumer: {e}"))
+            }
+            ConsumerErrorKind::JetStream(api) => {
+                jetstream_api_error(&api, "cannot create consumer")
+            }
+            _ => LogError::Backend(Box::new(e)),
+        })?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| LogError::Unavailable(format!("cannot start consumer: {e}")))
+}
+
+/// One subscription: an ordered consumer plus the position reached. When the client
+/// reconnects (the server may have restarted and forgotten the consumer) or the
+/// consumer fails, it is recreated from the last yielded position, so a tail survives
+/// server restarts without the caller noticing. Positions only move forward.
 struct Reader {
-    messages: jetstream::consumer::pull::Ordered,
+    context: Context,
+    stream_name: String,
+    filter_subject: String,
+    connections: watch::Receiver<u64>,
+    /// `None` while it has to be (re)created.
+    messages: Option<Ordered>,
     last: Position,
-    /// Set after an error was yielded; the caller resubscribes from its checkpoint.
+    /// Set after an undecodable event was yielded; the caller decides what to do.
     done: bool,
 }
+
+/// Longest pause between attempts to recreate a consumer.
+const RECREATE_MAX_DELAY: Duration = Duration::from_secs(2);
 
 impl Reader {
     async fn next(mut self) -> Option<(Result<StoredEvent, LogError>, Reader)> {
         if self.done {
             return None;
         }
+        let mut delay = Duration::from_millis(100);
         loop {
-            let message = match self.messages.next().await? {
-                Ok(message) => message,
-                Err(e) => {
-                    self.done = true;
-                    let err = LogError::Unavailable(format!("subscription failed: {e}"));
-                    return Some((Err(err), self));
+            let Some(messages) = self.messages.as_mut() else {
+                self.connections.borrow_and_update();
+                match open_ordered(
+                    &self.context,
+                    &self.stream_name,
+                    self.last,
+                    &self.filter_subject,
+                )
+                .await
+                {
+                    Ok(m) => {
+                        self.messages = Some(m);
+                        delay = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, after = self.last, "cannot recreate event subscription; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RECREATE_MAX_DELAY);
+                    }
                 }
+                continue;
+            };
+            let message = tokio::select! {
+                message = messages.next() => message,
+                changed = self.connections.changed() => {
+                    if changed.is_ok() {
+                        // Reconnected: start a fresh consumer after what we have.
+                        self.messages = None;
+                        continue;
+                    }
+                    // The client is gone for good; keep reading what is buffered.
+                    messages.next().await
+                }
+            };
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, after = self.last, "event subscription failed; recreating");
+                    self.messages = None;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RECREATE_MAX_DELAY);
+                    continue;
+                }
+                None => return None,
             };
             let position = match message.info() {
                 Ok(info) => info.stream_sequence,
                 Err(e) => {
-                    self.done = true;
-                    let err = LogError::Backend(format!("message without metadata: {e}").into());
-                    return Some((Err(err), self));
+                    tracing::warn!(error = %e, "message without JetStream metadata; recreating subscription");
+                    self.messages = None;
+                    continue;
                 }
             };
-            // A start sequence is a server-side hint; never yield anything at or
-            // before a position already passed.
+            // A start sequence is a server-side hint, and a recreated consumer may
+            // repeat; never yield anything at or before a position already passed.
             if position <= self.last {
                 continue;
             }

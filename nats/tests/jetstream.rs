@@ -203,3 +203,29 @@ async fn with_nats_stopped_events_are_spooled_and_reach_jetstream_when_it_return
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_live_subscription_continues_after_a_server_restart() {
+    let mut server = NatsServer::start().await;
+    let log = connect(&server).await;
+    let mut stream = log.subscribe(0, None).await.unwrap();
+    let first = testing::sample_usage_event("acc_r", 1);
+    log.append(&first).await.unwrap();
+    assert_eq!(
+        testing::take_events(&mut stream, 1).await[0].envelope.id,
+        first.id
+    );
+
+    server.restart().await;
+    // The client reconnects on its own; appends fail until it has.
+    let second = testing::sample_usage_event("acc_r", 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = log.append(&second).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "append after restart: {e}"
+        );
+    }
+    let got = testing::take_events(&mut stream, 1).await;
+    assert_eq!((got[0].position, got[0].envelope.id), (2, second.id));
+}
