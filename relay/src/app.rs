@@ -41,4 +41,6 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// Background tasks that must finish before exit.
     pub tracker: TaskTracker,
+    /// The proxy: account pool, upstream clients, metrics.
+    pub proxy: Arc<crate::proxy::ProxyState>,
 }

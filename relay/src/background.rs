@@ -23,6 +23,7 @@ pub fn spawn(state: &AppState) {
         );
     }
     state.tracker.spawn(refresh_oauth_tokens(state.clone()));
+    crate::proxy::tasks::spawn(state);
 }
 
 /// Refreshes OAuth access tokens shortly before they lapse. The pool picks the new

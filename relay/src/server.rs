@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .merge(crate::proxy::routes())
         .with_state(state)
 }
 

@@ -92,9 +92,18 @@ pub async fn build_state(
     )
     .await
     .context("cannot start the event publisher")?;
+    let accounts = AccountStore::new(db.clone(), cipher);
+    let proxy = Arc::new(crate::proxy::ProxyState::new(&config, publisher.clone()));
+    proxy.pool.reload(
+        accounts
+            .list()
+            .await
+            .context("cannot load the upstream accounts")?,
+    );
     Ok(AppState(Arc::new(AppInner {
         keys: KeyStore::new(db.clone()),
-        accounts: AccountStore::new(db.clone(), cipher),
+        accounts,
+        proxy,
         common,
         config,
         db,

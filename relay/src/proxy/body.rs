@@ -1,0 +1,462 @@
+//! The response body sent to the client: upstream chunks forwarded as they arrive,
+//! observed by the usage tap, with SSE keepalives during upstream silence, an idle
+//! timeout on upstream reads, a synthetic `event: error` when the upstream dies
+//! mid-stream, and the client-disconnect policy when the client leaves early.
+//!
+//! The body owns the request's [`Finish`]: whoever ends the body (normal end, upstream
+//! failure, or `Drop` after a disconnect) publishes the usage and `request.finished`
+//! events exactly once and releases the account's concurrency slot.
+
+use super::context::{Finished, RequestCtx, RELAY_REQUEST_ID};
+use super::headers;
+use crate::config::DisconnectPolicy;
+use crate::pool::health::Signal;
+use crate::pool::Lease;
+use crate::usage_tap::{JsonTap, SseTap, Usage};
+use bytes::Bytes;
+use chrono::Utc;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use http::{HeaderValue, StatusCode};
+use http_body::{Frame, SizeHint};
+use schema::{Completeness, HealthEvidence, Outcome};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
+
+/// Upstream body chunks.
+pub type UpstreamStream = BoxStream<'static, reqwest::Result<Bytes>>;
+
+/// The SSE comment sent during upstream silence.
+const KEEPALIVE: &[u8] = b": keepalive\n\n";
+
+/// The body ended because the upstream failed in a way that cannot be expressed in the
+/// stream (mid-event, or a non-streaming body): the connection is aborted.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream failed mid-response")]
+pub struct UpstreamBroken;
+
+/// The usage tap matching the response.
+#[derive(Debug)]
+pub enum Tap {
+    /// `text/event-stream`.
+    Sse(Box<SseTap>),
+    /// A JSON body kept for its usage / error.
+    Json(JsonTap),
+    /// Nothing to observe.
+    None,
+}
+
+impl Tap {
+    fn feed(&mut self, chunk: &[u8]) {
+        match self {
+            Tap::Sse(t) => t.feed(chunk),
+            Tap::Json(t) => t.feed(chunk),
+            Tap::None => {}
+        }
+    }
+
+    /// Usage, model and error type seen.
+    fn summary(&self) -> (Usage, Option<String>, Option<String>) {
+        match self {
+            Tap::Sse(t) => (
+                t.usage().clone(),
+                t.model().map(str::to_owned),
+                t.error().map(str::to_owned),
+            ),
+            Tap::Json(t) => {
+                let s = t.summary();
+                (s.usage, s.model, s.error.map(|e| e.0))
+            }
+            Tap::None => (Usage::default(), None, None),
+        }
+    }
+}
+
+/// Everything needed to close the request once the body ends.
+pub struct Finish {
+    /// The request.
+    pub ctx: RequestCtx,
+    /// The account in use; dropping it frees the concurrency slot.
+    pub lease: Lease,
+    /// Attempt number of this response.
+    pub attempt: u32,
+    /// Upstream status (sent to the client).
+    pub status: u16,
+    /// Upstream `request-id`.
+    pub upstream_request_id: Option<String>,
+    /// When this attempt started.
+    pub attempt_started: Instant,
+    /// When the first byte went to the client.
+    pub first_byte: Option<Instant>,
+}
+
+impl Finish {
+    /// Publishes the attempt's usage and the request's end.
+    fn close(mut self, tap: &Tap, completeness: Completeness, outcome: Outcome) {
+        self.ctx.add_upstream(self.attempt_started.elapsed());
+        let (usage, model, error_type) = tap.summary();
+        let account = self.lease.account().id.clone();
+        if error_type.as_deref() == Some("overloaded_error") && self.status < 400 {
+            // A mid-stream overload says the same about the account as a 529.
+            let evidence = HealthEvidence {
+                status: Some(self.status),
+                error_type: error_type.clone(),
+                ..HealthEvidence::default()
+            };
+            self.ctx.state.proxy.pool.observe(
+                self.lease.runtime(),
+                Signal::Status { status: 529, evidence },
+                Utc::now(),
+            );
+        }
+        let stream = matches!(tap, Tap::Sse(_));
+        self.ctx.record_usage(
+            &account,
+            self.attempt,
+            self.status,
+            model.as_deref(),
+            stream,
+            &usage,
+            completeness,
+        );
+        let ttfb = self.first_byte.map(|t| t.duration_since(self.ctx.started));
+        self.ctx.finish(Finished {
+            status: self.status,
+            outcome,
+            ttfb,
+            routing: Some(self.lease.decision.clone()),
+            error_type,
+            upstream_request_id: self.upstream_request_id.take(),
+        });
+    }
+}
+
+/// The streaming response body.
+pub struct ProxyBody {
+    upstream: Option<UpstreamStream>,
+    tap: Tap,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
+    finish: Option<Finish>,
+    size: Option<u64>,
+    done: bool,
+}
+
+impl ProxyBody {
+    fn mark_first_byte(&mut self) {
+        if let Some(f) = &mut self.finish {
+            if f.first_byte.is_none() {
+                f.first_byte = Some(Instant::now());
+            }
+        }
+    }
+
+    fn outcome_for_status(&self) -> Outcome {
+        match &self.finish {
+            Some(f) if f.status >= 400 => Outcome::UpstreamError,
+            _ => Outcome::Completed,
+        }
+    }
+
+    /// Closes the request (once).
+    fn close(&mut self, completeness: Completeness, outcome: Outcome) {
+        self.done = true;
+        self.upstream = None;
+        if let Some(f) = self.finish.take() {
+            f.close(&self.tap, completeness, outcome);
+        }
+    }
+
+    /// Upstream ended cleanly.
+    fn upstream_ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, UpstreamBroken>>> {
+        if let Tap::Sse(t) = &self.tap {
+            if !t.saw_stop() {
+                if t.error().is_some() {
+                    self.close(Completeness::UpstreamErrorPartial, Outcome::UpstreamError);
+                    return Poll::Ready(None);
+                }
+                return self.upstream_failed("the upstream closed the stream before message_stop");
+            }
+        }
+        let outcome = self.outcome_for_status();
+        self.close(Completeness::Complete, outcome);
+        Poll::Ready(None)
+    }
+
+    /// Upstream broke (read error or idle timeout).
+    fn upstream_failed(&mut self, why: &str) -> Poll<Option<Result<Frame<Bytes>, UpstreamBroken>>> {
+        tracing::warn!(reason = why, "upstream failed mid-response");
+        if let Some(f) = &self.finish {
+            f.ctx.state.proxy.pool.observe(
+                f.lease.runtime(),
+                Signal::Connection {
+                    message: why.to_owned(),
+                },
+                Utc::now(),
+            );
+        }
+        match &self.tap {
+            Tap::Sse(t) if t.saw_stop() => {
+                let outcome = self.outcome_for_status();
+                self.close(Completeness::Complete, outcome);
+                Poll::Ready(None)
+            }
+            Tap::Sse(t) if t.error().is_some() => {
+                // The client already has upstream's own error event.
+                self.close(Completeness::UpstreamErrorPartial, Outcome::UpstreamError);
+                Poll::Ready(None)
+            }
+            Tap::Sse(t) if t.at_boundary() => {
+                let msg = serde_json::json!({
+                    "type": "error",
+                    "error": { "type": "api_error", "message": format!("relay: {why}") },
+                });
+                let frame = Bytes::from(format!("event: error\ndata: {msg}\n\n"));
+                self.close(Completeness::UpstreamErrorPartial, Outcome::UpstreamError);
+                Poll::Ready(Some(Ok(Frame::data(frame))))
+            }
+            _ => {
+                // Half an event (or a JSON body) cannot be completed honestly: abort so
+                // the client sees a broken response rather than a truncated one.
+                self.close(Completeness::UpstreamErrorPartial, Outcome::UpstreamError);
+                Poll::Ready(Some(Err(UpstreamBroken)))
+            }
+        }
+    }
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = UpstreamBroken;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let Some(up) = this.upstream.as_mut() else {
+            this.done = true;
+            return Poll::Ready(None);
+        };
+        loop {
+            match up.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    this.tap.feed(&chunk);
+                    let now = tokio::time::Instant::now();
+                    this.idle.as_mut().reset(now + this.idle_timeout);
+                    if let Some((k, every)) = &mut this.keepalive {
+                        k.as_mut().reset(now + *every);
+                    }
+                    this.mark_first_byte();
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let why = if e.is_timeout() {
+                        "the upstream read timed out"
+                    } else {
+                        "the upstream connection broke mid-response"
+                    };
+                    return this.upstream_failed(why);
+                }
+                Poll::Ready(None) => return this.upstream_ended(),
+                Poll::Pending => break,
+            }
+        }
+        if this.idle.as_mut().poll(cx).is_ready() {
+            return this.upstream_failed("the upstream went silent past the idle timeout");
+        }
+        if let Some((k, every)) = &mut this.keepalive {
+            if k.as_mut().poll(cx).is_ready() {
+                k.as_mut().reset(tokio::time::Instant::now() + *every);
+                // Register the waker on the rearmed timer.
+                let _ = k.as_mut().poll(cx);
+                if this.tap_at_boundary() {
+                    if let Some(f) = &this.finish {
+                        f.ctx
+                            .state
+                            .proxy
+                            .metrics
+                            .keepalives
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    this.mark_first_byte();
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE)))));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.size {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl ProxyBody {
+    fn tap_at_boundary(&self) -> bool {
+        matches!(&self.tap, Tap::Sse(t) if t.at_boundary())
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let Some(finish) = self.finish.take() else {
+            return;
+        };
+        // The client left before the end of the body.
+        let tap = std::mem::replace(&mut self.tap, Tap::None);
+        let upstream = self.upstream.take();
+        let state = finish.ctx.state.clone();
+        let proxy = &state.proxy;
+        let can_drain = state.config.disconnect_policy == DisconnectPolicy::Drain
+            && upstream.is_some()
+            && tokio::runtime::Handle::try_current().is_ok()
+            && proxy
+                .drains
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < super::MAX_CONCURRENT_DRAINS).then_some(n + 1)
+                })
+                .is_ok();
+        match upstream {
+            Some(up) if can_drain => {
+                proxy.metrics.drains.fetch_add(1, Ordering::Relaxed);
+                let limits = DrainLimits {
+                    time: Duration::from_secs(state.config.drain_max_secs),
+                    bytes: state.config.drain_max_bytes,
+                    idle: self.idle_timeout,
+                };
+                state.tracker.spawn(drain(up, tap, finish, limits));
+            }
+            _ => finish.close(
+                &tap,
+                Completeness::ClientDisconnectedPartial,
+                Outcome::ClientDisconnected,
+            ),
+        }
+    }
+}
+
+struct DrainLimits {
+    time: Duration,
+    bytes: u64,
+    idle: Duration,
+}
+
+/// Keeps reading a stream whose client left, to capture the final usage.
+async fn drain(mut up: UpstreamStream, mut tap: Tap, finish: Finish, limits: DrainLimits) {
+    let deadline = tokio::time::Instant::now() + limits.time;
+    let mut read = 0u64;
+    let mut ended = false;
+    loop {
+        let next = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + limits.idle),
+            up.next(),
+        );
+        match next.await {
+            Ok(Some(Ok(chunk))) => {
+                tap.feed(&chunk);
+                read += chunk.len() as u64;
+                if matches!(&tap, Tap::Sse(t) if t.saw_stop()) {
+                    ended = true;
+                    break;
+                }
+                if read > limits.bytes {
+                    break;
+                }
+            }
+            Ok(None) => {
+                ended = !matches!(&tap, Tap::Sse(t) if !t.saw_stop());
+                break;
+            }
+            Ok(Some(Err(_))) | Err(_) => break,
+        }
+    }
+    drop(up);
+    let completeness = if ended {
+        Completeness::ClientDisconnectedDrained
+    } else {
+        Completeness::ClientDisconnectedPartial
+    };
+    let state = finish.ctx.state.clone();
+    finish.close(&tap, completeness, Outcome::ClientDisconnected);
+    state.proxy.drains.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Turns an upstream response into the client's response.
+pub fn respond(
+    ctx: RequestCtx,
+    lease: Lease,
+    resp: reqwest::Response,
+    attempt: u32,
+    attempt_started: Instant,
+) -> axum::response::Response {
+    let status = resp.status();
+    let is_sse = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let tap = if is_sse {
+        Tap::Sse(Box::default())
+    } else if ctx.endpoint.records_usage() || status.as_u16() >= 400 {
+        Tap::Json(JsonTap::default())
+    } else {
+        Tap::None
+    };
+    let upstream_request_id = resp
+        .headers()
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut out_headers = headers::response_headers(resp.headers());
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        out_headers.insert(RELAY_REQUEST_ID, v);
+    }
+    let size = if is_sse { None } else { resp.content_length() };
+    let config = &ctx.state.config;
+    let idle_timeout = config.upstream_idle_timeout();
+    let keepalive = (is_sse && config.sse_keepalive_ms > 0).then(|| {
+        let every = config.sse_keepalive();
+        (Box::pin(tokio::time::sleep(every)), every)
+    });
+    let body = ProxyBody {
+        upstream: Some(resp.bytes_stream().boxed()),
+        tap,
+        idle: Box::pin(tokio::time::sleep(idle_timeout)),
+        idle_timeout,
+        keepalive,
+        finish: Some(Finish {
+            ctx,
+            lease,
+            attempt,
+            status: status.as_u16(),
+            upstream_request_id,
+            attempt_started,
+            first_byte: None,
+        }),
+        size,
+        done: false,
+    };
+    let mut response = axum::response::Response::new(axum::body::Body::new(body));
+    *response.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    *response.headers_mut() = out_headers;
+    response
+}

@@ -1,0 +1,239 @@
+//! Per-request bookkeeping and the events a request produces: one `request.finished`
+//! per request, one `usage.recorded` per upstream attempt that reached upstream.
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::keys::ApiKey;
+use crate::usage_tap::Usage;
+use axum::response::Response;
+use chrono::Utc;
+use http::HeaderValue;
+use ingest::publisher::Admission;
+use schema::{
+    AccountId, Completeness, Envelope, Event, Outcome, RequestFinished, RoutingDecision,
+    ServerToolUse, UsageRecorded,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The routes the proxy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/messages`.
+    Messages,
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// `GET /v1/models`.
+    Models,
+    /// `GET /v1/models/{id}`.
+    Model,
+}
+
+impl Endpoint {
+    /// The route as recorded in events (ids in paths are not included).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::Models => "/v1/models",
+            Endpoint::Model => "/v1/models/{id}",
+        }
+    }
+
+    /// Whether requests carry a JSON body.
+    pub fn has_body(self) -> bool {
+        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
+    }
+
+    /// Whether attempts consume billable tokens (count_tokens and models are free).
+    pub fn records_usage(self) -> bool {
+        self == Endpoint::Messages
+    }
+}
+
+/// The relay's request id on every response.
+pub const RELAY_REQUEST_ID: &str = "x-relay-request-id";
+
+/// An error response in Anthropic's shape, tagged with the relay request id.
+pub fn error_response(err: ApiError, request_id: &str) -> Response {
+    let id = (!request_id.is_empty()).then_some(request_id);
+    let mut resp = err.into_response_with_id(id);
+    if let Some(v) = id.and_then(|i| HeaderValue::from_str(i).ok()) {
+        resp.headers_mut().insert(RELAY_REQUEST_ID, v);
+    }
+    resp
+}
+
+/// How a request ended, for `request.finished`.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Status sent to the client.
+    pub status: u16,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Time to the first byte sent to the client.
+    pub ttfb: Option<Duration>,
+    /// Routing of the final attempt.
+    pub routing: Option<RoutingDecision>,
+    /// Error type returned, if any.
+    pub error_type: Option<String>,
+    /// Upstream `request-id`.
+    pub upstream_request_id: Option<String>,
+}
+
+/// One request's context, owned by whoever finishes the request (the forwarding task,
+/// then the response body).
+pub struct RequestCtx {
+    /// Shared state.
+    pub state: AppState,
+    /// The relay's request id.
+    pub request_id: String,
+    /// The client's key.
+    pub key: Arc<ApiKey>,
+    /// The route.
+    pub endpoint: Endpoint,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Requested model.
+    pub model: Option<String>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Sticky-session id.
+    pub session: Option<String>,
+    /// Upstream time so far, all attempts, microseconds.
+    pub upstream_us: u64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Held until the last event is published (see `Publisher::admit`).
+    _admission: Admission,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl RequestCtx {
+    /// A context for an admitted request.
+    pub fn new(
+        state: AppState,
+        request_id: String,
+        key: Arc<ApiKey>,
+        endpoint: Endpoint,
+        started: Instant,
+        admission: Admission,
+    ) -> Self {
+        Self {
+            state,
+            request_id,
+            key,
+            endpoint,
+            started,
+            model: None,
+            stream: false,
+            session: None,
+            upstream_us: 0,
+            attempts: 0,
+            _admission: admission,
+        }
+    }
+
+    /// Publishes an event tagged with this request, its tenant and key.
+    pub fn publish(&self, event: Event, account: Option<AccountId>) {
+        let mut env = Envelope::new(Uuid::now_v7(), Utc::now(), event)
+            .with_request(self.request_id.clone())
+            .with_key(Some(self.key.tenant.clone()), Some(self.key.id.clone()));
+        if account.is_some() {
+            env = env.with_account(account);
+        }
+        self.state.publisher.publish(env);
+    }
+
+    /// Records the usage of one attempt.
+    #[expect(clippy::too_many_arguments, reason = "one flat fact with many fields")]
+    pub fn record_usage(
+        &self,
+        account: &AccountId,
+        attempt: u32,
+        status: u16,
+        model: Option<&str>,
+        stream: bool,
+        usage: &Usage,
+        completeness: Completeness,
+    ) {
+        if !self.endpoint.records_usage() {
+            return;
+        }
+        let t = usage.tokens();
+        let ev = UsageRecorded {
+            account: account.clone(),
+            attempt,
+            model: model
+                .or(self.model.as_deref())
+                .unwrap_or("unknown")
+                .to_owned(),
+            status,
+            stream,
+            input_tokens: t.input,
+            output_tokens: t.output,
+            cache_read_input_tokens: t.cache_read,
+            cache_creation_5m_input_tokens: t.cache_write_5m,
+            cache_creation_1h_input_tokens: t.cache_write_1h,
+            server_tool_use: ServerToolUse {
+                web_search_requests: t.web_search_requests,
+                web_fetch_requests: t.web_fetch_requests,
+            },
+            service_tier: usage.service_tier.clone(),
+            speed: usage.speed.clone(),
+            inference_geo: usage.inference_geo.clone(),
+            completeness,
+        };
+        self.publish(Event::UsageRecorded(ev), Some(account.clone()));
+    }
+
+    /// Publishes `request.finished` and updates the metrics.
+    pub fn finish(&self, f: Finished) {
+        let latency = self.started.elapsed();
+        let latency_us = micros(latency);
+        let m = &self.state.proxy.metrics;
+        m.request(f.outcome);
+        m.overhead.observe(latency_us.saturating_sub(self.upstream_us));
+        if self.attempts > 0 {
+            m.upstream_total.observe(self.upstream_us);
+        }
+        let account = f.routing.as_ref().map(|r| r.account.clone());
+        let ev = RequestFinished {
+            endpoint: self.endpoint.as_str().to_owned(),
+            status: f.status,
+            outcome: f.outcome,
+            model: self.model.clone(),
+            stream: self.stream,
+            latency_us,
+            ttfb_us: Some(f.ttfb.map_or(latency_us, micros)),
+            upstream_us: (self.attempts > 0).then_some(self.upstream_us),
+            attempts: self.attempts,
+            routing: f.routing,
+            error_type: f.error_type,
+            upstream_request_id: f.upstream_request_id,
+        };
+        self.publish(Event::RequestFinished(ev), account);
+    }
+
+    /// Refuses the request with a relay error and records it.
+    pub fn reject(self, err: ApiError) -> Response {
+        self.finish(Finished {
+            status: err.status.as_u16(),
+            outcome: Outcome::Rejected,
+            ttfb: None,
+            routing: None,
+            error_type: Some(err.error_type.to_owned()),
+            upstream_request_id: None,
+        });
+        error_response(err, &self.request_id)
+    }
+
+    /// Adds upstream time.
+    pub fn add_upstream(&mut self, d: Duration) {
+        self.upstream_us = self.upstream_us.saturating_add(micros(d));
+    }
+}

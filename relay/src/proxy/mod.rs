@@ -1,0 +1,338 @@
+//! The Anthropic-compatible surface: `/v1/messages` (+ `count_tokens`), `/v1/models`,
+//! the preconnect probes, all also under `/api`, and `/metrics`.
+//!
+//! - [`request`]: client credential and the few body fields the relay reads;
+//! - [`headers`]: header pass-through and credential replacement;
+//! - [`forward`]: account pick, upstream attempts and failover before the first byte;
+//! - [`body`]: the response body streamed to the client with the usage tap,
+//!   keepalives, idle timeout and the client-disconnect policy;
+//! - [`context`]: per-request bookkeeping and the events it produces;
+//! - [`tasks`]: account reloads, health housekeeping and the health fold from the log.
+
+pub mod body;
+pub mod context;
+pub mod forward;
+pub mod headers;
+pub mod request;
+pub mod tasks;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::pool::health::Cooldowns;
+use crate::pool::{HealthSink, Pool};
+use crate::upstream::Upstreams;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, head, post};
+use axum::Router;
+use chrono::Utc;
+use context::{Endpoint, RequestCtx};
+use ingest::publisher::Publisher;
+use schema::{AuthFailed, Envelope, Event};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// How long a sticky session survives without requests.
+pub const STICKY_TTL: Duration = Duration::from_secs(3600);
+
+/// Most streams drained at once after client disconnects; beyond this the relay
+/// records partial usage instead of holding more upstream connections open.
+pub const MAX_CONCURRENT_DRAINS: usize = 256;
+
+/// Ids of health events this process published, so that reading them back from the
+/// log does not re-apply stale states over newer local observations.
+#[derive(Default)]
+pub struct OwnEvents {
+    inner: Mutex<(HashSet<Uuid>, VecDeque<Uuid>)>,
+}
+
+const OWN_EVENTS_KEPT: usize = 16_384;
+
+impl OwnEvents {
+    /// Remembers an id.
+    pub fn remember(&self, id: Uuid) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (set, order) = &mut *g;
+        if set.insert(id) {
+            order.push_back(id);
+            if order.len() > OWN_EVENTS_KEPT {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether this process published `id`.
+    pub fn contains(&self, id: &Uuid) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .contains(id)
+    }
+}
+
+/// Proxy state shared by every request.
+pub struct ProxyState {
+    /// The account pool.
+    pub pool: Arc<Pool>,
+    /// HTTP clients.
+    pub upstreams: Upstreams,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// Health events published by this process.
+    pub own_events: Arc<OwnEvents>,
+    /// Streams currently being drained after a disconnect.
+    pub drains: AtomicUsize,
+}
+
+impl ProxyState {
+    /// Builds the proxy state; health transitions are published through `publisher`.
+    pub fn new(config: &crate::config::ServeConfig, publisher: Publisher) -> Self {
+        let own_events = Arc::new(OwnEvents::default());
+        let own = own_events.clone();
+        let sink: HealthSink = Arc::new(move |ev| {
+            let envelope = Envelope::new(Uuid::now_v7(), Utc::now(), Event::AccountHealthChanged(ev));
+            own.remember(envelope.id);
+            tracing::info!(event = ?envelope.event, "account health changed");
+            publisher.publish(envelope);
+        });
+        Self {
+            pool: Arc::new(Pool::new(Cooldowns::from_config(config), STICKY_TTL, sink)),
+            upstreams: Upstreams::new(config),
+            metrics: Arc::new(Metrics::new()),
+            own_events,
+            drains: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Reloads the pool's accounts from the database.
+pub async fn reload_accounts(state: &AppState) -> Result<(), crate::accounts::AccountStoreError> {
+    let accounts = state.accounts.list().await?;
+    state.proxy.pool.reload(accounts);
+    Ok(())
+}
+
+/// The proxy routes (merged into the server's router).
+pub fn routes() -> Router<AppState> {
+    let mut r = Router::new()
+        .route("/", head(hello))
+        .route("/metrics", get(metrics));
+    for prefix in ["", "/api"] {
+        r = r
+            .route(&format!("{prefix}/v1/messages"), post(messages))
+            .route(&format!("{prefix}/v1/messages/count_tokens"), post(count_tokens))
+            .route(&format!("{prefix}/v1/models"), get(models))
+            .route(&format!("{prefix}/v1/models/{{id}}"), get(model))
+            .route(&format!("{prefix}/api/hello"), head(hello).get(hello));
+    }
+    r
+}
+
+/// `HEAD /` and `HEAD /api/hello`: Claude Code's preconnect probe.
+async fn hello() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn messages(State(state): State<AppState>, req: Request) -> Response {
+    handle(state, Endpoint::Messages, req).await
+}
+
+async fn count_tokens(State(state): State<AppState>, req: Request) -> Response {
+    handle(state, Endpoint::CountTokens, req).await
+}
+
+async fn models(State(state): State<AppState>, req: Request) -> Response {
+    handle(state, Endpoint::Models, req).await
+}
+
+async fn model(State(state): State<AppState>, req: Request) -> Response {
+    handle(state, Endpoint::Model, req).await
+}
+
+/// `GET /metrics`.
+async fn metrics(State(state): State<AppState>) -> Response {
+    use std::fmt::Write as _;
+    let mut extra = String::new();
+    let stats = state.publisher.stats();
+    let _ = write!(
+        extra,
+        "# HELP relay_event_queue_depth Events waiting for the event log.\n# TYPE relay_event_queue_depth gauge\nrelay_event_queue_depth {}\n\
+         # HELP relay_event_spool_events Events spooled locally while the log is unreachable.\n# TYPE relay_event_spool_events gauge\nrelay_event_spool_events {}\n\
+         # HELP relay_event_spool_bytes Bytes in the local event spool.\n# TYPE relay_event_spool_bytes gauge\nrelay_event_spool_bytes {}\n\
+         # HELP relay_events_published_total Events acknowledged by the log.\n# TYPE relay_events_published_total counter\nrelay_events_published_total {}\n",
+        stats.queue_depth, stats.spool_events, stats.spool_bytes, stats.published_total
+    );
+    extra.push_str("# HELP relay_account_state Health state of each upstream account (1 = current).\n# TYPE relay_account_state gauge\n");
+    let snapshot = state.proxy.pool.snapshot();
+    let now = Utc::now();
+    for slot in &snapshot.slots {
+        let h = slot.rt.health();
+        let state_name = if h.available(now) {
+            "healthy"
+        } else {
+            crate::metrics::health_name(h.state)
+        };
+        let _ = writeln!(
+            extra,
+            "relay_account_state{{account=\"{}\",name=\"{}\",state=\"{}\"}} 1",
+            slot.account.id,
+            crate::metrics::label(&slot.account.name),
+            state_name
+        );
+    }
+    extra.push_str("# HELP relay_account_inflight Requests in flight per upstream account.\n# TYPE relay_account_inflight gauge\n");
+    for slot in &snapshot.slots {
+        let _ = writeln!(
+            extra,
+            "relay_account_inflight{{account=\"{}\"}} {}",
+            slot.account.id,
+            slot.rt.inflight()
+        );
+    }
+    let body = state.proxy.metrics.render(&extra);
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response()
+}
+
+/// A fresh relay request id.
+fn new_request_id() -> String {
+    format!("req_relay_{}", Uuid::now_v7().simple())
+}
+
+/// Every proxied request: authenticate, admit, validate, then forward in a task of
+/// its own so that a client leaving early cannot cancel the upstream exchange (its
+/// usage is still recorded).
+async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
+    let started = Instant::now();
+    let request_id = new_request_id();
+    let (parts, body) = req.into_parts();
+
+    let presented = request::credential(&parts.headers);
+    let key = match state.keys.authenticate(presented, Utc::now()).await {
+        Ok(k) => k,
+        Err(e) => {
+            state
+                .proxy
+                .metrics
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(reason) = e.audit_reason() {
+                let client_addr = parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip().to_string());
+                let ev = Envelope::new(
+                    Uuid::now_v7(),
+                    Utc::now(),
+                    Event::AuthFailed(AuthFailed {
+                        reason,
+                        endpoint: endpoint.as_str().to_owned(),
+                        key_prefix: request::loggable_prefix(presented),
+                        client_addr,
+                    }),
+                )
+                .with_request(request_id.clone());
+                state.publisher.publish(ev);
+                return context::error_response(ApiError::authentication(e.to_string()), &request_id);
+            }
+            tracing::error!("key store unavailable during authentication");
+            return context::error_response(
+                ApiError::unavailable("relay: the key store is unavailable; retry shortly", Some(1)),
+                &request_id,
+            );
+        }
+    };
+
+    let admission = match state.publisher.admit() {
+        Ok(a) => a,
+        Err(bp) => {
+            tracing::warn!(reason = %bp, "refusing request: event log backlogged");
+            return context::error_response(
+                ApiError::unavailable(
+                    "relay: the event log is unavailable or backlogged; the request was not accepted",
+                    Some(5),
+                ),
+                &request_id,
+            );
+        }
+    };
+
+    let mut ctx = RequestCtx::new(state.clone(), request_id, key, endpoint, started, admission);
+
+    let body_bytes = if endpoint.has_body() {
+        match read_body(&state, &parts.headers, body).await {
+            Ok(b) => b,
+            Err(e) => return ctx.reject(e),
+        }
+    } else {
+        bytes::Bytes::new()
+    };
+
+    let mut session: Option<String> = request::session_header(&parts.headers).map(str::to_owned);
+    if endpoint.has_body() {
+        match request::parse_body(&body_bytes) {
+            Ok(info) => {
+                ctx.model = Some(info.model.into_owned());
+                ctx.stream = info.stream;
+                if session.is_none() {
+                    session = info.session;
+                }
+            }
+            Err(e) => return ctx.reject(e),
+        }
+    }
+    ctx.session = session;
+
+    let tracker = state.tracker.clone();
+    let task = tracker.spawn(forward::forward(ctx, parts, body_bytes));
+    match task.await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "forwarding task failed");
+            context::error_response(ApiError::internal(), "")
+        }
+    }
+}
+
+/// Reads the body under the size limit, refusing non-JSON content types first.
+async fn read_body(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<bytes::Bytes, ApiError> {
+    if !request::is_json(headers) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let max = state.config.max_body_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::too_large(max));
+    }
+    match axum::body::to_bytes(body, max).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                Err(ApiError::too_large(max))
+            } else {
+                Err(ApiError::invalid_request("could not read the request body"))
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Background work of the proxy: periodic account reloads and health housekeeping,
+//! and the fold of `account.health_changed` events read back from the log so that
+//! several relays sharing a log agree on account health.
+
+use crate::app::AppState;
+use chrono::Utc;
+use futures::StreamExt;
+use schema::{Category, Event};
+use std::time::Duration;
+use tokio::sync::Notify;
+use std::sync::Arc;
+
+/// How often accounts are reloaded from the database.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Starts the proxy's background tasks on the state's tracker.
+pub fn spawn(state: &AppState) {
+    let wake = Arc::new(Notify::new());
+    state.tracker.spawn(reload_loop(state.clone(), wake.clone()));
+    state.tracker.spawn(fold_health(state.clone()));
+    state.tracker.spawn(watch_admin(state.clone(), wake));
+}
+
+async fn reload_loop(state: AppState, wake: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RELOAD_EVERY) => {}
+            _ = wake.notified() => {}
+        }
+        if let Err(e) = super::reload_accounts(&state).await {
+            tracing::warn!(error = %e, "cannot reload upstream accounts; keeping the previous set");
+        }
+        state.proxy.pool.sweep(Utc::now());
+    }
+}
+
+/// Reads every account health event from the start of the log (they are rare) and
+/// adopts those this process did not publish itself.
+async fn fold_health(state: AppState) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let stream = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            s = state.log.subscribe(0, Some(Category::Account)) => s,
+        };
+        match stream {
+            Ok(mut events) => loop {
+                let next = tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    n = events.next() => n,
+                };
+                match next {
+                    Some(Ok(stored)) => {
+                        if let Event::AccountHealthChanged(h) = &stored.envelope.event {
+                            if !state.proxy.own_events.contains(&stored.envelope.id) {
+                                state.proxy.pool.apply_remote(h, Utc::now());
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "account event subscription failed; resubscribing");
+                        break;
+                    }
+                    None => break,
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to account events"),
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Reloads accounts as soon as an administrative change to accounts is logged.
+async fn watch_admin(state: AppState, wake: Arc<Notify>) {
+    let head = match state.log.head().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the log head; account changes apply on the periodic reload");
+            return;
+        }
+    };
+    let Ok(mut events) = state.log.subscribe(head, Some(Category::Admin)).await else {
+        return;
+    };
+    loop {
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            n = events.next() => n,
+        };
+        match next {
+            Some(Ok(stored)) => {
+                if let Event::AdminAction(a) = &stored.envelope.event {
+                    if a.action.starts_with("account.") {
+                        wake.notify_one();
+                    }
+                }
+            }
+            _ => return,
+        }
+    }
+}
