@@ -146,7 +146,9 @@ impl JetStreamLog {
             })
             .connect(url)
             .await
-            .map_err(|e| LogError::Unavailable(format!("cannot connect to nats at {url}: {e}")))?;
+            .map_err(|e| {
+                LogError::Unavailable(format!("cannot connect to nats at {}: {e}", redact(url)))
+            })?;
         let context = jetstream::ContextBuilder::new()
             .timeout(settings.timeout)
             .ack_timeout(settings.timeout)
@@ -188,10 +190,25 @@ impl JetStreamLog {
             .message_id(event.id.to_string())
             .header(EVENT_TYPE_HEADER, event.event.type_name())
             .header(EVENT_VERSION_HEADER, event.version.to_string());
-        if let Some(request_id) = &event.request_id {
-            message = message.header(REQUEST_ID_HEADER, request_id.as_str());
+        // The header is a convenience; a value NATS cannot carry (CR or LF would make
+        // the client panic) is simply left out; the payload still has it.
+        if let Some(request_id) = event
+            .request_id
+            .as_deref()
+            .filter(|r| !r.contains(['\r', '\n']))
+        {
+            message = message.header(REQUEST_ID_HEADER, request_id);
         }
         Ok(message)
+    }
+}
+
+/// The URL without credentials, for messages: `nats://user:pass@host` → `nats://host`.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        (None, Some((_, host))) => host.to_owned(),
+        _ => url.to_owned(),
     }
 }
 
@@ -430,5 +447,25 @@ impl Reader {
             self.done = item.is_err();
             return Some((item, self));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_error_messages() {
+        assert_eq!(redact("nats://u:secret@host:4222"), "nats://host:4222");
+        assert_eq!(redact("u:secret@host:4222"), "host:4222");
+        assert_eq!(redact("nats://host:4222"), "nats://host:4222");
+    }
+
+    #[test]
+    fn a_request_id_nats_cannot_carry_is_left_out_of_the_headers() {
+        let mut e = ingest::testing::sample_admin_event("x");
+        e.request_id = Some("bad\r\nid".into());
+        // Must not panic; the id stays in the payload.
+        assert!(JetStreamLog::message(&e).is_ok());
     }
 }
