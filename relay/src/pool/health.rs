@@ -95,7 +95,11 @@ impl Health {
     }
 
     /// Ends an expired cooldown, returning the transition.
-    pub fn expire(&mut self, account: &AccountId, now: DateTime<Utc>) -> Option<AccountHealthChanged> {
+    pub fn expire(
+        &mut self,
+        account: &AccountId,
+        now: DateTime<Utc>,
+    ) -> Option<AccountHealthChanged> {
         if is_cooldown(self.state) && self.until.is_none_or(|u| u <= now) {
             return self.set(
                 account,
@@ -122,7 +126,12 @@ impl Health {
                     // Only an administrator lifts a ban.
                     return None;
                 }
-                (HealthState::Healthy, HealthReason::Succeeded, None, HealthEvidence::default())
+                (
+                    HealthState::Healthy,
+                    HealthReason::Succeeded,
+                    None,
+                    HealthEvidence::default(),
+                )
             }
             Signal::Connection { message } => {
                 let evidence = HealthEvidence {
@@ -137,9 +146,7 @@ impl Health {
                 )
             }
             Signal::Status { status, evidence } => {
-                let Some((to, reason, until)) = classify(status, &evidence, now, cooldowns) else {
-                    return None;
-                };
+                let (to, reason, until) = classify(status, &evidence, now, cooldowns)?;
                 (to, reason, until, evidence)
             }
         };
@@ -171,8 +178,18 @@ impl Health {
     }
 
     /// Forces a state (manual reset, new credential).
-    pub fn reset(&mut self, account: &AccountId, reason: HealthReason) -> Option<AccountHealthChanged> {
-        self.set(account, HealthState::Healthy, None, reason, HealthEvidence::default())
+    pub fn reset(
+        &mut self,
+        account: &AccountId,
+        reason: HealthReason,
+    ) -> Option<AccountHealthChanged> {
+        self.set(
+            account,
+            HealthState::Healthy,
+            None,
+            reason,
+            HealthEvidence::default(),
+        )
     }
 
     fn set(
@@ -224,7 +241,11 @@ pub fn classify(
                 .or(from_retry)
                 .unwrap_or_else(|| after(now, c.rate_limit_default))
                 .min(max);
-            Some((HealthState::RateLimited, HealthReason::RateLimited, Some(until)))
+            Some((
+                HealthState::RateLimited,
+                HealthReason::RateLimited,
+                Some(until),
+            ))
         }
         529 => Some((
             HealthState::Overloaded,
@@ -233,7 +254,11 @@ pub fn classify(
         )),
         401 => Some((HealthState::Unauthorized, HealthReason::Unauthorized, None)),
         403 => {
-            let msg = evidence.message.as_deref().unwrap_or("").to_ascii_lowercase();
+            let msg = evidence
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .to_ascii_lowercase();
             if msg.contains("oauth token has been revoked") {
                 Some((HealthState::Unauthorized, HealthReason::Unauthorized, None))
             } else if msg.contains("disabled")
@@ -281,29 +306,50 @@ mod tests {
     }
 
     fn status(s: u16, ev: HealthEvidence) -> Signal {
-        Signal::Status { status: s, evidence: ev }
+        Signal::Status {
+            status: s,
+            evidence: ev,
+        }
     }
 
     #[test]
     fn rate_limit_uses_unified_reset_clamped() {
         let now = Utc::now();
         let mut h = Health::default();
-        let mut ev = HealthEvidence { retry_after_s: Some(5), ..Default::default() };
-        ev.unified.insert("reset".into(), (now.timestamp() + 120).to_string());
+        let mut ev = HealthEvidence {
+            retry_after_s: Some(5),
+            ..Default::default()
+        };
+        ev.unified
+            .insert("reset".into(), (now.timestamp() + 120).to_string());
         let t = h.observe(&acc(), status(429, ev), now, &cd()).unwrap();
-        assert_eq!((t.from, t.to, t.reason), (HealthState::Healthy, HealthState::RateLimited, HealthReason::RateLimited));
+        assert_eq!(
+            (t.from, t.to, t.reason),
+            (
+                HealthState::Healthy,
+                HealthState::RateLimited,
+                HealthReason::RateLimited
+            )
+        );
         assert_eq!(t.until.unwrap().timestamp(), now.timestamp() + 120);
-        assert_eq!(t.evidence.unified.get("reset").map(String::as_str), Some((now.timestamp() + 120).to_string().as_str()));
+        assert_eq!(
+            t.evidence.unified.get("reset").map(String::as_str),
+            Some((now.timestamp() + 120).to_string().as_str())
+        );
         assert!(!h.available(now));
 
         let mut h = Health::default();
         let mut ev = HealthEvidence::default();
-        ev.unified.insert("reset".into(), (now.timestamp() + 999_999).to_string());
+        ev.unified
+            .insert("reset".into(), (now.timestamp() + 999_999).to_string());
         let t = h.observe(&acc(), status(429, ev), now, &cd()).unwrap();
         assert_eq!(t.until.unwrap(), now + TimeDelta::seconds(3600), "clamped");
 
         let mut h = Health::default();
-        let ev = HealthEvidence { retry_after_s: Some(7), ..Default::default() };
+        let ev = HealthEvidence {
+            retry_after_s: Some(7),
+            ..Default::default()
+        };
         let t = h.observe(&acc(), status(429, ev), now, &cd()).unwrap();
         assert_eq!(t.until.unwrap(), now + TimeDelta::seconds(7));
     }
@@ -312,13 +358,21 @@ mod tests {
     fn cooldown_expires_with_an_event() {
         let now = Utc::now();
         let mut h = Health::default();
-        h.observe(&acc(), status(529, HealthEvidence::default()), now, &cd()).unwrap();
+        h.observe(&acc(), status(529, HealthEvidence::default()), now, &cd())
+            .unwrap();
         assert_eq!(h.state, HealthState::Overloaded);
         assert!(h.expire(&acc(), now).is_none());
         let later = now + TimeDelta::seconds(31);
         assert!(h.available(later));
         let t = h.expire(&acc(), later).unwrap();
-        assert_eq!((t.from, t.to, t.reason), (HealthState::Overloaded, HealthState::Healthy, HealthReason::CooldownExpired));
+        assert_eq!(
+            (t.from, t.to, t.reason),
+            (
+                HealthState::Overloaded,
+                HealthState::Healthy,
+                HealthReason::CooldownExpired
+            )
+        );
         assert!(h.expire(&acc(), later).is_none());
     }
 
@@ -332,9 +386,14 @@ mod tests {
             ..Default::default()
         };
         let t = h.observe(&acc(), status(403, ev), now, &cd()).unwrap();
-        assert_eq!((t.to, t.reason), (HealthState::Banned, HealthReason::Forbidden));
+        assert_eq!(
+            (t.to, t.reason),
+            (HealthState::Banned, HealthReason::Forbidden)
+        );
         assert!(h.observe(&acc(), Signal::Success, now, &cd()).is_none());
-        assert!(h.observe(&acc(), status(429, HealthEvidence::default()), now, &cd()).is_none());
+        assert!(h
+            .observe(&acc(), status(429, HealthEvidence::default()), now, &cd())
+            .is_none());
         assert!(!h.available(now + TimeDelta::days(365)));
         let t = h.reset(&acc(), HealthReason::ManualReset).unwrap();
         assert_eq!(t.to, HealthState::Healthy);
@@ -344,12 +403,25 @@ mod tests {
     fn unauthorized_clears_on_success_and_bad_request_is_ignored() {
         let now = Utc::now();
         let mut h = Health::default();
-        assert!(h.observe(&acc(), status(400, HealthEvidence::default()), now, &cd()).is_none());
-        h.observe(&acc(), status(401, HealthEvidence::default()), now, &cd()).unwrap();
+        assert!(h
+            .observe(&acc(), status(400, HealthEvidence::default()), now, &cd())
+            .is_none());
+        h.observe(&acc(), status(401, HealthEvidence::default()), now, &cd())
+            .unwrap();
         assert!(!h.available(now));
         let t = h.observe(&acc(), Signal::Success, now, &cd()).unwrap();
-        assert_eq!((t.from, t.to, t.reason), (HealthState::Unauthorized, HealthState::Healthy, HealthReason::Succeeded));
-        assert!(h.observe(&acc(), Signal::Success, now, &cd()).is_none(), "no event without a change");
+        assert_eq!(
+            (t.from, t.to, t.reason),
+            (
+                HealthState::Unauthorized,
+                HealthState::Healthy,
+                HealthReason::Succeeded
+            )
+        );
+        assert!(
+            h.observe(&acc(), Signal::Success, now, &cd()).is_none(),
+            "no event without a change"
+        );
     }
 
     #[test]

@@ -12,11 +12,11 @@ pub mod scheduler;
 use crate::accounts::Account;
 use chrono::{DateTime, Utc};
 use health::{Cooldowns, Health, Signal};
+use scheduler::Candidate;
 use schema::{
     AccountHealthChanged, AccountId, ApiKeyId, HealthReason, HealthState, RoutingDecision,
     RoutingReason,
 };
-use scheduler::Candidate;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -197,7 +197,11 @@ impl Pool {
                 let rt = match by_id.get(&account.id) {
                     Some(prev) => {
                         if prev.account.credential != account.credential {
-                            let mut h = prev.rt.health.lock().unwrap_or_else(PoisonError::into_inner);
+                            let mut h = prev
+                                .rt
+                                .health
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner);
                             if h.state == HealthState::Unauthorized {
                                 events.extend(h.reset(&account.id, HealthReason::ManualReset));
                             }
@@ -210,7 +214,10 @@ impl Pool {
             })
             .collect();
         drop(by_id);
-        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Snapshot { slots });
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Snapshot { slots });
         for e in events {
             (self.sink)(e);
         }
@@ -234,7 +241,11 @@ impl Pool {
                 continue;
             }
             let available = {
-                let mut h = slot.rt.health.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut h = slot
+                    .rt
+                    .health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if let Some(ev) = h.expire(&a.id, now) {
                     (self.sink)(ev);
                 }
@@ -286,7 +297,13 @@ impl Pool {
                     let i = eligible[pos];
                     let slot = &snapshot.slots[i];
                     if slot.rt.try_acquire(slot.account.concurrency) {
-                        return Ok(self.lease(&snapshot, i, RoutingReason::StickySession, count, req.group));
+                        return Ok(self.lease(
+                            &snapshot,
+                            i,
+                            RoutingReason::StickySession,
+                            count,
+                            req.group,
+                        ));
                     }
                     eligible.swap_remove(pos);
                 }
@@ -440,7 +457,10 @@ impl Pool {
 
     /// Number of remembered sticky sessions.
     pub fn sticky_len(&self) -> usize {
-        self.sticky.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.sticky
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -485,14 +505,27 @@ mod tests {
         ApiKeyId::parse("key_1").unwrap()
     }
 
-    fn req<'a>(key: &'a ApiKeyId, session: Option<&'a str>, exclude: &'a [Arc<AccountRuntime>]) -> PickRequest<'a> {
-        PickRequest { group: None, key, session, exclude }
+    fn req<'a>(
+        key: &'a ApiKeyId,
+        session: Option<&'a str>,
+        exclude: &'a [Arc<AccountRuntime>],
+    ) -> PickRequest<'a> {
+        PickRequest {
+            group: None,
+            key,
+            session,
+            exclude,
+        }
     }
 
     #[test]
     fn weights_and_priorities_over_2000_picks() {
         let (p, _) = pool();
-        p.reload(vec![account("a", 0, 1, 0), account("b", 0, 3, 0), account("c", 1, 50, 0)]);
+        p.reload(vec![
+            account("a", 0, 1, 0),
+            account("b", 0, 3, 0),
+            account("c", 1, 50, 0),
+        ]);
         let k = key();
         let mut counts: HashMap<String, u32> = HashMap::new();
         for _ in 0..2000 {
@@ -511,7 +544,10 @@ mod tests {
         p.reload(vec![account("a", 0, 1, 1)]);
         let k = key();
         let l = p.pick(req(&k, None, &[]), Utc::now()).unwrap();
-        assert_eq!(p.pick(req(&k, None, &[]), Utc::now()).unwrap_err(), NoAccount::AllBusy);
+        assert_eq!(
+            p.pick(req(&k, None, &[]), Utc::now()).unwrap_err(),
+            NoAccount::AllBusy
+        );
         drop(l);
         assert!(p.pick(req(&k, None, &[]), Utc::now()).is_ok());
     }
@@ -530,13 +566,26 @@ mod tests {
             assert_eq!(l.decision.reason, RoutingReason::StickySession);
         }
         // The bound account fails: the session moves and stays on the other one.
-        p.observe(first.runtime(), Signal::Status { status: 529, evidence: Default::default() }, Utc::now());
+        p.observe(
+            first.runtime(),
+            Signal::Status {
+                status: 529,
+                evidence: Default::default(),
+            },
+            Utc::now(),
+        );
         assert_eq!(events.lock().unwrap().len(), 1);
         let moved = p.pick(req(&k, Some("s1"), &[]), Utc::now()).unwrap();
         assert_ne!(moved.account().id, bound);
         let other = moved.account().id.clone();
         for _ in 0..20 {
-            assert_eq!(p.pick(req(&k, Some("s1"), &[]), Utc::now()).unwrap().account().id, other);
+            assert_eq!(
+                p.pick(req(&k, Some("s1"), &[]), Utc::now())
+                    .unwrap()
+                    .account()
+                    .id,
+                other
+            );
         }
         // Another key with the same session id is not bound.
         let k2 = ApiKeyId::parse("key_2").unwrap();
@@ -556,25 +605,59 @@ mod tests {
         assert_eq!(l2.account().id.as_str(), "b");
         assert_eq!(l2.decision.reason, RoutingReason::Failover);
         let now = Utc::now();
-        let ev = schema::HealthEvidence { retry_after_s: Some(5), ..Default::default() };
-        p.observe(l.runtime(), Signal::Status { status: 429, evidence: ev }, now);
-        p.observe(l2.runtime(), Signal::Status { status: 401, evidence: Default::default() }, now);
+        let ev = schema::HealthEvidence {
+            retry_after_s: Some(5),
+            ..Default::default()
+        };
+        p.observe(
+            l.runtime(),
+            Signal::Status {
+                status: 429,
+                evidence: ev,
+            },
+            now,
+        );
+        p.observe(
+            l2.runtime(),
+            Signal::Status {
+                status: 401,
+                evidence: Default::default(),
+            },
+            now,
+        );
         match p.pick(req(&k, None, &[]), now) {
-            Err(NoAccount::CoolingDown { soonest }) => assert_eq!(soonest, now + chrono::TimeDelta::seconds(5)),
+            Err(NoAccount::CoolingDown { soonest }) => {
+                assert_eq!(soonest, now + chrono::TimeDelta::seconds(5))
+            }
             other => panic!("{other:?}"),
         }
         // After the cooldown "a" is back, with a recovery event.
         let later = now + chrono::TimeDelta::seconds(6);
-        assert_eq!(p.pick(req(&k, None, &[]), later).unwrap().account().id.as_str(), "a");
+        assert_eq!(
+            p.pick(req(&k, None, &[]), later)
+                .unwrap()
+                .account()
+                .id
+                .as_str(),
+            "a"
+        );
         let evs = events.lock().unwrap();
         assert_eq!(evs.last().unwrap().reason, HealthReason::CooldownExpired);
         drop(evs);
         let mut g = account("g", 0, 1, 0);
         g.group = Some("vip".into());
         p.reload(vec![g]);
-        assert_eq!(p.pick(req(&k, None, &[]), later).unwrap_err(), NoAccount::NoneConfigured);
+        assert_eq!(
+            p.pick(req(&k, None, &[]), later).unwrap_err(),
+            NoAccount::NoneConfigured
+        );
         let k = key();
-        let r = PickRequest { group: Some("vip"), key: &k, session: None, exclude: &[] };
+        let r = PickRequest {
+            group: Some("vip"),
+            key: &k,
+            session: None,
+            exclude: &[],
+        };
         assert_eq!(p.pick(r, later).unwrap().account().id.as_str(), "g");
     }
 }

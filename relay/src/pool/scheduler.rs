@@ -51,9 +51,18 @@ mod tests {
     #[test]
     fn lowest_priority_tier_always_wins() {
         let c = [
-            Candidate { priority: 5, weight: 1000 },
-            Candidate { priority: 1, weight: 1 },
-            Candidate { priority: 9, weight: 1000 },
+            Candidate {
+                priority: 5,
+                weight: 1000,
+            },
+            Candidate {
+                priority: 1,
+                weight: 1,
+            },
+            Candidate {
+                priority: 9,
+                weight: 1000,
+            },
         ];
         let mut rng = StdRng::from_entropy();
         for _ in 0..2000 {
@@ -67,10 +76,22 @@ mod tests {
     #[test]
     fn weights_are_respected_chi_square() {
         let c = [
-            Candidate { priority: 0, weight: 1 },
-            Candidate { priority: 0, weight: 2 },
-            Candidate { priority: 0, weight: 3 },
-            Candidate { priority: 1, weight: 100 },
+            Candidate {
+                priority: 0,
+                weight: 1,
+            },
+            Candidate {
+                priority: 0,
+                weight: 2,
+            },
+            Candidate {
+                priority: 0,
+                weight: 3,
+            },
+            Candidate {
+                priority: 1,
+                weight: 100,
+            },
         ];
         let mut rng = StdRng::from_entropy();
         let n = 6000u32;

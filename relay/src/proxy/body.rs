@@ -109,7 +109,10 @@ impl Finish {
             };
             self.ctx.state.proxy.pool.observe(
                 self.lease.runtime(),
-                Signal::Status { status: 529, evidence },
+                Signal::Status {
+                    status: 529,
+                    evidence,
+                },
                 Utc::now(),
             );
         }
@@ -144,6 +147,7 @@ pub struct ProxyBody {
     keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
     finish: Option<Finish>,
     size: Option<u64>,
+    forwarded: u64,
     done: bool,
 }
 
@@ -212,11 +216,12 @@ impl ProxyBody {
                 Poll::Ready(None)
             }
             Tap::Sse(t) if t.at_boundary() => {
-                let msg = serde_json::json!({
-                    "type": "error",
-                    "error": { "type": "api_error", "message": format!("relay: {why}") },
-                });
-                let frame = Bytes::from(format!("event: error\ndata: {msg}\n\n"));
+                // Anthropic's field order, so substring-matching clients see the usual
+                // `{"type":"error","error":{"type":…` shape.
+                let message = serde_json::Value::String(format!("relay: {why}"));
+                let frame = Bytes::from(format!(
+                    "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\"message\":{message}}}}}\n\n"
+                ));
                 self.close(Completeness::UpstreamErrorPartial, Outcome::UpstreamError);
                 Poll::Ready(Some(Ok(Frame::data(frame))))
             }
@@ -259,6 +264,13 @@ impl http_body::Body for ProxyBody {
                         k.as_mut().reset(now + *every);
                     }
                     this.mark_first_byte();
+                    this.forwarded += chunk.len() as u64;
+                    if this.size.is_some_and(|n| this.forwarded >= n) {
+                        // A sized body is over when its last byte is out; the server
+                        // may not poll again for the end.
+                        let outcome = this.outcome_for_status();
+                        this.close(Completeness::Complete, outcome);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -453,10 +465,12 @@ pub fn respond(
             first_byte: None,
         }),
         size,
+        forwarded: 0,
         done: false,
     };
     let mut response = axum::response::Response::new(axum::body::Body::new(body));
-    *response.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    *response.status_mut() =
+        StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     *response.headers_mut() = out_headers;
     response
 }

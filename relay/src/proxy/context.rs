@@ -197,7 +197,8 @@ impl RequestCtx {
         let latency_us = micros(latency);
         let m = &self.state.proxy.metrics;
         m.request(f.outcome);
-        m.overhead.observe(latency_us.saturating_sub(self.upstream_us));
+        m.overhead
+            .observe(latency_us.saturating_sub(self.upstream_us));
         if self.attempts > 0 {
             m.upstream_total.observe(self.upstream_us);
         }

@@ -98,7 +98,9 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
                 tracing::error!(account = %account.id, error = %e, "cannot build the upstream client");
                 proxy.pool.observe(
                     lease.runtime(),
-                    Signal::Connection { message: e.to_string() },
+                    Signal::Connection {
+                        message: e.to_string(),
+                    },
                     Utc::now(),
                 );
                 tried.push(lease.runtime().clone());
@@ -126,11 +128,17 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
         }
         let started = Instant::now();
         let result = tokio::time::timeout(head_timeout, rb.send()).await;
-        proxy.metrics.upstream_head.observe(micros(started.elapsed()));
+        proxy
+            .metrics
+            .upstream_head
+            .observe(micros(started.elapsed()));
         let failed = match result {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(describe(&e)),
-            Err(_) => Err(format!("no response head within {}s", head_timeout.as_secs())),
+            Err(_) => Err(format!(
+                "no response head within {}s",
+                head_timeout.as_secs()
+            )),
         };
         let resp = match failed {
             Ok(r) => r,
@@ -139,7 +147,9 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
                 tracing::warn!(account = %account.id, %message, "upstream attempt failed");
                 proxy.pool.observe(
                     lease.runtime(),
-                    Signal::Connection { message: message.clone() },
+                    Signal::Connection {
+                        message: message.clone(),
+                    },
                     Utc::now(),
                 );
                 tried.push(lease.runtime().clone());
@@ -349,19 +359,34 @@ mod tests {
     fn api_prefix_is_removed() {
         assert_eq!(upstream_path("/api/v1/messages"), "/v1/messages");
         assert_eq!(upstream_path("/v1/messages"), "/v1/messages");
-        assert_eq!(upstream_path("/api/v1/models/claude-x"), "/v1/models/claude-x");
+        assert_eq!(
+            upstream_path("/api/v1/models/claude-x"),
+            "/v1/models/claude-x"
+        );
     }
 
     #[test]
     fn evidence_reads_retry_after_and_unified_headers() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("7999"));
-        h.insert("anthropic-ratelimit-unified-reset", HeaderValue::from_static("1800000000"));
-        h.insert("anthropic-ratelimit-unified-status", HeaderValue::from_static("rejected"));
+        h.insert(
+            "anthropic-ratelimit-unified-reset",
+            HeaderValue::from_static("1800000000"),
+        );
+        h.insert(
+            "anthropic-ratelimit-unified-status",
+            HeaderValue::from_static("rejected"),
+        );
         let e = evidence(429, &h, Some(&("rate_limit_error".into(), "slow".into())));
         assert_eq!(e.retry_after_s, Some(7999));
-        assert_eq!(e.unified.get("reset").map(String::as_str), Some("1800000000"));
-        assert_eq!(e.unified.get("status").map(String::as_str), Some("rejected"));
+        assert_eq!(
+            e.unified.get("reset").map(String::as_str),
+            Some("1800000000")
+        );
+        assert_eq!(
+            e.unified.get("status").map(String::as_str),
+            Some("rejected")
+        );
         assert_eq!(e.error_type.as_deref(), Some("rate_limit_error"));
         h.insert("retry-after-ms", HeaderValue::from_static("1500"));
         assert_eq!(evidence(429, &h, None).retry_after_s, Some(2));

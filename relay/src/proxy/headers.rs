@@ -57,7 +57,10 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
         out.append(name.clone(), value.clone());
     }
     // Compressed SSE could not be flushed event by event, nor tapped.
-    out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     let secret = account.credential.expose();
     match account.kind {
         AccountKind::ApiKey => {
@@ -141,7 +144,10 @@ mod tests {
             ("x-api-key", "rk-client"),
             ("authorization", "Bearer rk-client"),
             ("anthropic-version", "2023-06-01"),
-            ("anthropic-beta", "claude-code-20250219,interleaved-thinking-2025-05-14"),
+            (
+                "anthropic-beta",
+                "claude-code-20250219,interleaved-thinking-2025-05-14",
+            ),
             ("x-stainless-lang", "js"),
             ("user-agent", "claude-cli/2.1.330 (external, cli)"),
             ("x-claude-code-session-id", "s-1"),
@@ -162,7 +168,10 @@ mod tests {
         let out = upstream_headers(&client(), &account(AccountKind::ApiKey));
         assert_eq!(out["x-api-key"], "sk-ant-secret");
         assert!(out.get("authorization").is_none());
-        assert_eq!(out["anthropic-beta"], "claude-code-20250219,interleaved-thinking-2025-05-14");
+        assert_eq!(
+            out["anthropic-beta"],
+            "claude-code-20250219,interleaved-thinking-2025-05-14"
+        );
         assert_eq!(out["anthropic-version"], "2023-06-01");
         assert_eq!(out["x-stainless-lang"], "js");
         assert_eq!(out["user-agent"], "claude-cli/2.1.330 (external, cli)");

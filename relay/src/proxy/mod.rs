@@ -98,7 +98,8 @@ impl ProxyState {
         let own_events = Arc::new(OwnEvents::default());
         let own = own_events.clone();
         let sink: HealthSink = Arc::new(move |ev| {
-            let envelope = Envelope::new(Uuid::now_v7(), Utc::now(), Event::AccountHealthChanged(ev));
+            let envelope =
+                Envelope::new(Uuid::now_v7(), Utc::now(), Event::AccountHealthChanged(ev));
             own.remember(envelope.id);
             tracing::info!(event = ?envelope.event, "account health changed");
             publisher.publish(envelope);
@@ -128,7 +129,10 @@ pub fn routes() -> Router<AppState> {
     for prefix in ["", "/api"] {
         r = r
             .route(&format!("{prefix}/v1/messages"), post(messages))
-            .route(&format!("{prefix}/v1/messages/count_tokens"), post(count_tokens))
+            .route(
+                &format!("{prefix}/v1/messages/count_tokens"),
+                post(count_tokens),
+            )
             .route(&format!("{prefix}/v1/models"), get(models))
             .route(&format!("{prefix}/v1/models/{{id}}"), get(model))
             .route(&format!("{prefix}/api/hello"), head(hello).get(hello));
@@ -244,11 +248,17 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
                 )
                 .with_request(request_id.clone());
                 state.publisher.publish(ev);
-                return context::error_response(ApiError::authentication(e.to_string()), &request_id);
+                return context::error_response(
+                    ApiError::authentication(e.to_string()),
+                    &request_id,
+                );
             }
             tracing::error!("key store unavailable during authentication");
             return context::error_response(
-                ApiError::unavailable("relay: the key store is unavailable; retry shortly", Some(1)),
+                ApiError::unavailable(
+                    "relay: the key store is unavailable; retry shortly",
+                    Some(1),
+                ),
                 &request_id,
             );
         }

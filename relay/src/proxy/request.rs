@@ -150,27 +150,43 @@ mod tests {
         assert_eq!(credential(&h), "rk-abc");
         h.insert("x-api-key", HeaderValue::from_static("rk-xyz"));
         assert_eq!(credential(&h), "rk-xyz");
-        assert_eq!(loggable_prefix("rk-0123456789abcdefghijklmnopqrstuvwxyz0123").as_deref(), Some("rk-012345678"));
+        assert_eq!(
+            loggable_prefix("rk-0123456789abcdefghijklmnopqrstuvwxyz0123").as_deref(),
+            Some("rk-012345678")
+        );
         assert_eq!(loggable_prefix("short").as_deref(), Some("s"));
     }
 
     #[test]
     fn body_fields_and_sessions() {
         let uid = r#"{\"device_id\":\"abc\",\"account_uuid\":\"\",\"session_id\":\"3f1c-uuid\"}"#;
-        let body = format!(r#"{{"model":"claude-x","max_tokens":5,"stream":true,"metadata":{{"user_id":"{uid}"}},"unknown":[1,2]}}"#);
+        let body = format!(
+            r#"{{"model":"claude-x","max_tokens":5,"stream":true,"metadata":{{"user_id":"{uid}"}},"unknown":[1,2]}}"#
+        );
         let info = parse_body(body.as_bytes()).unwrap();
         assert_eq!(info.model, "claude-x");
         assert!(info.stream);
         assert_eq!(info.session.as_deref(), Some("3f1c-uuid"));
 
-        let legacy = br#"{"model":"m","metadata":{"user_id":"user_ab12_account_0000_session_9e9e-1"}}"#;
-        assert_eq!(parse_body(legacy).unwrap().session.as_deref(), Some("9e9e-1"));
+        let legacy =
+            br#"{"model":"m","metadata":{"user_id":"user_ab12_account_0000_session_9e9e-1"}}"#;
+        assert_eq!(
+            parse_body(legacy).unwrap().session.as_deref(),
+            Some("9e9e-1")
+        );
         assert!(!parse_body(legacy).unwrap().stream);
     }
 
     #[test]
     fn bad_bodies_are_invalid_requests() {
-        for bad in [&b"{not json"[..], b"{\"max_tokens\":1}", b"[1,2]", b"{\"model\":5}", b"{\"model\":\"m\"} trailing", b""] {
+        for bad in [
+            &b"{not json"[..],
+            b"{\"max_tokens\":1}",
+            b"[1,2]",
+            b"{\"model\":5}",
+            b"{\"model\":\"m\"} trailing",
+            b"",
+        ] {
             let e = parse_body(bad).unwrap_err();
             assert_eq!(e.status.as_u16(), 400, "{}", String::from_utf8_lossy(bad));
             assert_eq!(e.error_type, "invalid_request_error");
@@ -181,7 +197,10 @@ mod tests {
     fn json_content_types() {
         let mut h = HeaderMap::new();
         assert!(!is_json(&h));
-        h.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         assert!(is_json(&h));
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         assert!(!is_json(&h));

@@ -6,9 +6,9 @@ use crate::app::AppState;
 use chrono::Utc;
 use futures::StreamExt;
 use schema::{Category, Event};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use std::sync::Arc;
 
 /// How often accounts are reloaded from the database.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
@@ -16,7 +16,9 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// Starts the proxy's background tasks on the state's tracker.
 pub fn spawn(state: &AppState) {
     let wake = Arc::new(Notify::new());
-    state.tracker.spawn(reload_loop(state.clone(), wake.clone()));
+    state
+        .tracker
+        .spawn(reload_loop(state.clone(), wake.clone()));
     state.tracker.spawn(fold_health(state.clone()));
     state.tracker.spawn(watch_admin(state.clone(), wake));
 }

@@ -1,0 +1,278 @@
+//! Integration tests of the relay's API surface against the mock upstream
+//! (`bench::mock`). One binary; modules by topic. Every test spawns its own relay on
+//! 127.0.0.1:0 with a temporary `DATA_DIR` and its own mock.
+
+// Test helpers and test proxies outside `#[test]` functions panic on purpose.
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod auth_input;
+mod failover;
+mod forwarding;
+mod proxies;
+mod streams;
+
+use bench::mock::MockUpstream;
+use clap::Parser;
+use relay::accounts::{AccountKind, NewAccount};
+use relay::app::AppState;
+use relay::config::{CommonConfig, ServeConfig};
+use relay::crypto::Secret;
+use relay::keys::NewKey;
+use schema::{AccountId, Envelope, Event, TenantId};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    common: CommonConfig,
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+/// A running relay.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    /// A relay key (no group) for the default tenant.
+    pub key: String,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a relay with extra `serve` flags (e.g. `["--max-attempts", "2"]`).
+pub async fn spawn_app(flags: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let mut argv: Vec<String> = vec![
+        "relay".into(),
+        "--data-dir".into(),
+        data_dir,
+        "--projectors".into(),
+        "off".into(),
+        "--encryption-key".into(),
+        "11".repeat(32),
+    ];
+    argv.extend(flags.iter().map(|s| s.to_string()));
+    let args = Args::try_parse_from(argv).unwrap();
+    let mut common = args.common;
+    // The tests choose the embedded stores regardless of the environment.
+    common.nats_url = None;
+    common.database_url = None;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let state = relay::startup::build_state(common, args.serve, shutdown.clone(), tracker)
+        .await
+        .unwrap();
+    let (_, key) = state
+        .keys
+        .create(NewKey {
+            name: "test".into(),
+            tenant: TenantId::parse("tenant_a").unwrap(),
+            group: None,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(relay::startup::run_with_state(listener, state.clone()));
+    TestApp {
+        addr,
+        state,
+        key: key.expose().to_owned(),
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        shutdown,
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+/// Account options for [`TestApp::add_account`].
+#[derive(Clone)]
+pub struct Acc<'a> {
+    pub name: &'a str,
+    pub credential: &'a str,
+    pub priority: i32,
+    pub weight: u32,
+    pub group: Option<&'a str>,
+    pub concurrency: u32,
+    pub proxy: Option<String>,
+    pub kind: AccountKind,
+}
+
+impl<'a> Acc<'a> {
+    pub fn new(name: &'a str, credential: &'a str) -> Self {
+        Self {
+            name,
+            credential,
+            priority: 0,
+            weight: 1,
+            group: None,
+            concurrency: 0,
+            proxy: None,
+            kind: AccountKind::ApiKey,
+        }
+    }
+    pub fn priority(mut self, p: i32) -> Self {
+        self.priority = p;
+        self
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Adds an upstream account pointing at `mock` and reloads the pool.
+    pub async fn add_account(&self, mock: &MockUpstream, a: Acc<'_>) -> AccountId {
+        let id = self
+            .state
+            .accounts
+            .add(NewAccount {
+                name: a.name.into(),
+                kind: a.kind,
+                base_url: mock.base_url(),
+                credential: Secret::new(a.credential),
+                priority: a.priority,
+                weight: a.weight,
+                group: a.group.map(str::to_owned),
+                concurrency: a.concurrency,
+                proxy_url: a.proxy,
+            })
+            .await
+            .unwrap();
+        relay::proxy::reload_accounts(&self.state).await.unwrap();
+        id
+    }
+
+    /// `POST /v1/messages` with the test key and Claude Code-like headers.
+    pub fn messages(&self, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.messages_as(&self.key, body)
+    }
+
+    /// `POST /v1/messages` with another key.
+    pub fn messages_as(&self, key: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url("/v1/messages?beta=true"))
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).unwrap())
+    }
+
+    /// Every event in the log, after the publisher has flushed.
+    pub async fn events(&self) -> Vec<Envelope> {
+        tokio::time::timeout(Duration::from_secs(10), self.state.publisher.wait_idle())
+            .await
+            .expect("publisher did not flush");
+        let head = self.state.log.head().await.unwrap();
+        let mut out = Vec::new();
+        if head == 0 {
+            return out;
+        }
+        use futures::StreamExt;
+        let mut s = self.state.log.subscribe(0, None).await.unwrap();
+        while let Some(e) = s.next().await {
+            let e = e.unwrap();
+            let pos = e.position;
+            out.push(e.envelope);
+            if pos >= head {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Polls the log until `pred` holds for the events (10 s deadline).
+    pub async fn wait_events(
+        &self,
+        what: &str,
+        pred: impl Fn(&[Envelope]) -> bool,
+    ) -> Vec<Envelope> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = self.events().await;
+            if pred(&ev) {
+                return ev;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {ev:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The usage events in `events`.
+pub fn usages(events: &[Envelope]) -> Vec<&schema::UsageRecorded> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::UsageRecorded(u) => Some(u),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The request.finished events in `events`.
+pub fn finished(events: &[Envelope]) -> Vec<&schema::RequestFinished> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::RequestFinished(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The health events in `events`.
+pub fn health(events: &[Envelope]) -> Vec<&schema::AccountHealthChanged> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::AccountHealthChanged(h) => Some(h),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A Claude Code-like request body.
+pub fn body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 1024,
+        "stream": stream,
+        "system": [
+            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
+            {"type": "text", "text": "Big system prompt ".repeat(40), "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+        ],
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "tools": [{"name": "search", "description": "Search", "input_schema": {"type": "object"}}],
+        "thinking": {"type": "adaptive"},
+        "unknown_future_field": {"kept": true}
+    })
+}
+
+pub const KEY_A: &str = "sk-ant-api03-account-a";
+pub const KEY_B: &str = "sk-ant-api03-account-b";
+pub const KEY_C: &str = "sk-ant-api03-account-c";

@@ -1,0 +1,136 @@
+//! Stream timing: keepalives during upstream silence, client disconnects.
+
+use crate::*;
+use bench::mock::{expected_usage, MockUpstream, Step};
+use schema::{Completeness, Outcome};
+use std::time::Duration;
+
+#[tokio::test]
+async fn keepalive_comments_fill_upstream_silence_at_event_boundaries() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&["--sse-keepalive-ms", "100"]).await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    mock.script(
+        KEY_A,
+        [Step::Stall {
+            after_events: 3,
+            duration: Duration::from_millis(700),
+        }],
+    );
+    let body = body(true);
+    let resp = app.messages(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap();
+    let keepalives = text.matches(": keepalive\n\n").count();
+    assert!(
+        keepalives >= 2,
+        "expected keepalives during a 700 ms silence, got {keepalives}"
+    );
+    // Without the comments the stream is exactly upstream's; and they sit between events.
+    let want = String::from_utf8(mock.sse_transcript(&body).concat()).unwrap();
+    assert_eq!(text.replace(": keepalive\n\n", ""), want);
+    for (i, _) in text.match_indices(": keepalive") {
+        assert!(
+            i == 0 || text[..i].ends_with("\n\n"),
+            "keepalive inside an event at {i}"
+        );
+    }
+    let events = app.wait_events("usage", |e| usages(e).len() == 1).await;
+    assert_eq!(usages(&events)[0].completeness, Completeness::Complete);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_idle_timeout_ends_the_stream_with_an_error_event() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[
+        "--upstream-idle-timeout-secs",
+        "1",
+        "--sse-keepalive-ms",
+        "0",
+    ])
+    .await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    mock.script(
+        KEY_A,
+        [Step::Stall {
+            after_events: 3,
+            duration: Duration::from_secs(5),
+        }],
+    );
+    let resp = app.messages(&body(true)).send().await.unwrap();
+    let text = String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(text.ends_with("\n\n"));
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("event: error\n"), "{last}");
+    assert!(last.contains("idle timeout"));
+    let events = app.wait_events("finish", |e| finished(e).len() == 1).await;
+    assert_eq!(finished(&events)[0].outcome, Outcome::UpstreamError);
+    app.stop().await;
+}
+
+async fn disconnect_after_first_chunk(app: &TestApp, body: &serde_json::Value) {
+    let mut resp = app.messages(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("event: message_start"));
+    drop(resp);
+}
+
+#[tokio::test]
+async fn client_disconnect_drains_upstream_for_the_final_usage() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&["--sse-keepalive-ms", "0"]).await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    mock.script(
+        KEY_A,
+        [Step::Stall {
+            after_events: 1,
+            duration: Duration::from_millis(400),
+        }],
+    );
+    let body = body(true);
+    disconnect_after_first_chunk(&app, &body).await;
+    let events = app
+        .wait_events("drained usage", |e| {
+            usages(e).len() == 1 && finished(e).len() == 1
+        })
+        .await;
+    let u = usages(&events)[0];
+    assert_eq!(u.completeness, Completeness::ClientDisconnectedDrained);
+    assert_eq!(
+        u.output_tokens,
+        expected_usage(&body).output_tokens,
+        "final usage captured"
+    );
+    assert_eq!(finished(&events)[0].outcome, Outcome::ClientDisconnected);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_with_stop_policy_records_partial_usage() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&["--disconnect-policy", "stop", "--sse-keepalive-ms", "0"]).await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    mock.script(
+        KEY_A,
+        [Step::Stall {
+            after_events: 1,
+            duration: Duration::from_millis(400),
+        }],
+    );
+    let body = body(true);
+    disconnect_after_first_chunk(&app, &body).await;
+    let events = app
+        .wait_events("partial usage", |e| usages(e).len() == 1)
+        .await;
+    let u = usages(&events)[0];
+    assert_eq!(u.completeness, Completeness::ClientDisconnectedPartial);
+    assert_eq!(
+        u.input_tokens,
+        expected_usage(&body).input_tokens,
+        "message_start usage kept"
+    );
+    assert!(u.output_tokens < expected_usage(&body).output_tokens);
+    app.stop().await;
+}
