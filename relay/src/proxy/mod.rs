@@ -125,6 +125,8 @@ pub async fn reload_accounts(state: &AppState) -> Result<(), crate::accounts::Ac
 pub fn routes() -> Router<AppState> {
     let mut r = Router::new()
         .route("/", head(hello))
+        // Claude Code 2.1.112 probes `HEAD {base}`, which is `/api` for a prefixed base.
+        .route("/api", head(hello))
         .route("/metrics", get(metrics));
     for prefix in ["", "/api"] {
         r = r

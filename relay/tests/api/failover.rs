@@ -440,3 +440,133 @@ async fn no_account_and_busy_answers_say_whose_limit() {
     assert_eq!(r.status(), 200);
     app.stop().await;
 }
+
+/// Health recorded by another relay (an event in the shared log) is adopted; this
+/// relay's own events are not re-applied.
+#[tokio::test]
+async fn health_events_from_the_log_are_folded_in() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[]).await;
+    let a = app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    let now = chrono::Utc::now();
+    let other_relay = |to: HealthState, reason: HealthReason, until| {
+        schema::Envelope::new(
+            uuid::Uuid::now_v7(),
+            chrono::Utc::now(),
+            schema::Event::AccountHealthChanged(schema::AccountHealthChanged {
+                account: a.clone(),
+                from: HealthState::Healthy,
+                to,
+                reason,
+                until,
+                evidence: Default::default(),
+            }),
+        )
+    };
+    app.state
+        .log
+        .append(&other_relay(
+            HealthState::RateLimited,
+            HealthReason::RateLimited,
+            Some(now + chrono::TimeDelta::seconds(600)),
+        ))
+        .await
+        .unwrap();
+    wait_health(&app, &a, HealthState::RateLimited).await;
+    let r = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 529);
+    assert_eq!(mock.request_count(), 0);
+    // An administrator's reset elsewhere brings it back.
+    app.state
+        .log
+        .append(&other_relay(
+            HealthState::Healthy,
+            HealthReason::ManualReset,
+            None,
+        ))
+        .await
+        .unwrap();
+    wait_health(&app, &a, HealthState::Healthy).await;
+    assert_eq!(
+        app.messages(&body(false)).send().await.unwrap().status(),
+        200
+    );
+    // Only the relay's own observations were published: none here.
+    let events = app.events().await;
+    assert_eq!(
+        health(&events).len(),
+        2,
+        "the two appended by the other relay"
+    );
+    app.stop().await;
+}
+
+/// An `account.*` admin action makes the pool reload at once.
+#[tokio::test]
+async fn account_admin_actions_trigger_a_reload() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[]).await;
+    // Let the admin watcher subscribe before the account appears.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.state
+        .accounts
+        .add(relay::accounts::NewAccount {
+            name: "late".into(),
+            kind: relay::accounts::AccountKind::ApiKey,
+            base_url: mock.base_url(),
+            credential: relay::crypto::Secret::new(KEY_A),
+            priority: 0,
+            weight: 1,
+            group: None,
+            concurrency: 0,
+            proxy_url: None,
+        })
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    app.state.publisher.publish(schema::Envelope::new(
+        uuid::Uuid::now_v7(),
+        chrono::Utc::now(),
+        schema::Event::AdminAction(schema::AdminAction {
+            actor: "cli".into(),
+            action: "account.add".into(),
+            target: "account:late".into(),
+            summary: "added".into(),
+        }),
+    ));
+    loop {
+        if !app.state.proxy.pool.snapshot().slots.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        started.elapsed() < relay::proxy::tasks::RELOAD_EVERY,
+        "reloaded by the admin event, not the periodic timer"
+    );
+    assert_eq!(
+        app.messages(&body(false)).send().await.unwrap().status(),
+        200
+    );
+    app.stop().await;
+}
+
+async fn wait_health(app: &TestApp, id: &schema::AccountId, want: HealthState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let snap = app.state.proxy.pool.snapshot();
+        let slot = snap.slots.iter().find(|s| &s.account.id == id).unwrap();
+        if slot.rt.health().state == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never became {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

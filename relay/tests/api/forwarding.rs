@@ -180,7 +180,7 @@ async fn count_tokens_models_and_probes() {
     let app = spawn_app(&[]).await;
     app.add_account(&mock, Acc::new("a", KEY_A)).await;
 
-    for path in ["/api/hello", "/"] {
+    for path in ["/api/hello", "/", "/api", "/api/api/hello"] {
         let r = app.http.head(app.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }

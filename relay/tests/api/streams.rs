@@ -134,3 +134,28 @@ async fn client_disconnect_with_stop_policy_records_partial_usage() {
     assert!(u.output_tokens < expected_usage(&body).output_tokens);
     app.stop().await;
 }
+
+/// A client that gives up while a non-streaming answer is still being generated does
+/// not cancel the upstream exchange: its usage is recorded.
+#[tokio::test]
+async fn client_leaving_before_the_response_head_still_records_usage() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[]).await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    mock.script(KEY_A, [Step::SlowFirstByte(Duration::from_millis(500))]);
+    let body = body(false);
+    let r = app
+        .messages(&body)
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client timed out");
+    let events = app
+        .wait_events("usage", |e| usages(e).len() == 1 && finished(e).len() == 1)
+        .await;
+    let u = usages(&events)[0];
+    assert_eq!(u.output_tokens, expected_usage(&body).output_tokens);
+    assert_eq!(u.completeness, Completeness::ClientDisconnectedDrained);
+    assert_eq!(finished(&events)[0].outcome, Outcome::ClientDisconnected);
+    app.stop().await;
+}
