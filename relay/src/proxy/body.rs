@@ -152,6 +152,28 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
+    /// A body over `upstream`; `finish` is `None` only in tests.
+    fn new(
+        upstream: UpstreamStream,
+        tap: Tap,
+        idle_timeout: Duration,
+        keepalive: Option<Duration>,
+        finish: Option<Finish>,
+        size: Option<u64>,
+    ) -> Self {
+        Self {
+            upstream: Some(upstream),
+            tap,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            keepalive: keepalive.map(|every| (Box::pin(tokio::time::sleep(every)), every)),
+            finish,
+            size,
+            forwarded: 0,
+            done: false,
+        }
+    }
+
     fn mark_first_byte(&mut self) {
         if let Some(f) = &mut self.finish {
             if f.first_byte.is_none() {
@@ -382,7 +404,12 @@ async fn drain(mut up: UpstreamStream, mut tap: Tap, finish: Finish, limits: Dra
             deadline.min(tokio::time::Instant::now() + limits.idle),
             up.next(),
         );
-        match next.await {
+        let next = tokio::select! {
+            n = next => n,
+            // Shutting down: record what was seen rather than hold the exit.
+            () = finish.ctx.state.shutdown.cancelled() => break,
+        };
+        match next {
             Ok(Some(Ok(chunk))) => {
                 tap.feed(&chunk);
                 read += chunk.len() as u64;
@@ -445,32 +472,113 @@ pub fn respond(
     let size = if is_sse { None } else { resp.content_length() };
     let config = &ctx.state.config;
     let idle_timeout = config.upstream_idle_timeout();
-    let keepalive = (is_sse && config.sse_keepalive_ms > 0).then(|| {
-        let every = config.sse_keepalive();
-        (Box::pin(tokio::time::sleep(every)), every)
-    });
-    let body = ProxyBody {
-        upstream: Some(resp.bytes_stream().boxed()),
+    let keepalive = (is_sse && config.sse_keepalive_ms > 0).then(|| config.sse_keepalive());
+    let finish = Finish {
+        ctx,
+        lease,
+        attempt,
+        status: status.as_u16(),
+        upstream_request_id,
+        attempt_started,
+        first_byte: None,
+    };
+    let body = ProxyBody::new(
+        resp.bytes_stream().boxed(),
         tap,
-        idle: Box::pin(tokio::time::sleep(idle_timeout)),
         idle_timeout,
         keepalive,
-        finish: Some(Finish {
-            ctx,
-            lease,
-            attempt,
-            status: status.as_u16(),
-            upstream_request_id,
-            attempt_started,
-            first_byte: None,
-        }),
+        Some(finish),
         size,
-        forwarded: 0,
-        done: false,
-    };
+    );
     let mut response = axum::response::Response::new(axum::body::Body::new(body));
     *response.status_mut() =
         StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     *response.headers_mut() = out_headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    fn body_over(
+        rx: mpsc::UnboundedReceiver<Bytes>,
+        keepalive: Duration,
+        idle: Duration,
+    ) -> ProxyBody {
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, reqwest::Error>(b), rx))
+        })
+        .boxed();
+        ProxyBody::new(
+            stream,
+            Tap::Sse(Box::default()),
+            idle,
+            Some(keepalive),
+            None,
+            None,
+        )
+    }
+
+    async fn next_data(b: &mut ProxyBody) -> Option<Bytes> {
+        match b.frame().await {
+            Some(Ok(f)) => f.into_data().ok(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn keepalives_only_between_events() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut b = body_over(rx, Duration::from_millis(10), Duration::from_secs(30));
+        // Half an event, then silence: no comment may be inserted.
+        tx.send(Bytes::from_static(
+            b"event: content_block_delta\ndata: {\"ty",
+        ))
+        .unwrap();
+        assert_eq!(
+            next_data(&mut b).await.unwrap(),
+            &b"event: content_block_delta\ndata: {\"ty"[..]
+        );
+        let waited = tokio::time::timeout(Duration::from_millis(150), next_data(&mut b)).await;
+        assert!(
+            waited.is_err(),
+            "nothing may be sent inside an event: {waited:?}"
+        );
+        // The event completes; during the next silence comments flow.
+        tx.send(Bytes::from_static(b"pe\":\"x\"}\n\n")).unwrap();
+        assert_eq!(next_data(&mut b).await.unwrap(), &b"pe\":\"x\"}\n\n"[..]);
+        let k = tokio::time::timeout(Duration::from_secs(5), next_data(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(k, KEEPALIVE);
+    }
+
+    #[tokio::test]
+    async fn idle_upstream_mid_event_aborts_and_at_boundary_sends_an_error_event() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut b = body_over(rx, Duration::from_secs(60), Duration::from_millis(50));
+        tx.send(Bytes::from_static(b"event: ping\ndata: {}\n\n"))
+            .unwrap();
+        next_data(&mut b).await.unwrap();
+        let err = next_data(&mut b).await.unwrap();
+        let text = String::from_utf8(err.to_vec()).unwrap();
+        assert!(
+            text.starts_with(
+                "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\""
+            ),
+            "{text}"
+        );
+        assert!(b.frame().await.is_none());
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut b = body_over(rx, Duration::from_secs(60), Duration::from_millis(50));
+        tx.send(Bytes::from_static(b"event: ping\nda")).unwrap();
+        next_data(&mut b).await.unwrap();
+        assert!(matches!(b.frame().await, Some(Err(UpstreamBroken))));
+        drop(tx);
+    }
 }
