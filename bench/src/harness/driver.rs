@@ -63,8 +63,10 @@ pub struct Recorder {
     pub total: Histogram<u64>,
     /// Streams: time to the first body byte (µs).
     pub ttfb: Histogram<u64>,
-    /// Streams: gaps between body frames (µs).
+    /// Streams: gaps between consecutive event completions (µs).
     pub gap: Histogram<u64>,
+    /// Streams: body frames received.
+    pub frames: u64,
     /// Successful requests.
     pub ok: u64,
     /// Failed requests (transport error or non-200).
@@ -95,6 +97,7 @@ impl Default for Recorder {
             total: histogram(),
             ttfb: histogram(),
             gap: histogram(),
+            frames: 0,
             ok: 0,
             errors: 0,
             lost: 0,
@@ -112,6 +115,7 @@ impl Recorder {
         let _ = self.total.add(&other.total);
         let _ = self.ttfb.add(&other.ttfb);
         let _ = self.gap.add(&other.gap);
+        self.frames += other.frames;
         self.ok += other.ok;
         self.errors += other.errors;
         self.lost += other.lost;
@@ -170,6 +174,7 @@ struct Outcome {
     total: Option<Duration>,
     ttfb: Option<Duration>,
     gaps: Vec<Duration>,
+    frames: u64,
     error: Option<String>,
     lost: bool,
     stalled: bool,
@@ -183,6 +188,7 @@ impl Recorder {
         for g in o.gaps {
             self.record(|r| &mut r.gap, g);
         }
+        self.frames += o.frames;
         self.lost += u64::from(o.lost);
         self.stalled += u64::from(o.stalled);
         match (o.error, o.total) {
@@ -223,7 +229,7 @@ async fn one(client: &HttpClient, target: &Target, work: &Workload, t0: Instant)
     let status = resp.status();
     let mut body = resp.into_body();
     let mut out = Outcome::default();
-    let mut last = t0;
+    let mut last_event: Option<Instant> = None;
     let mut buf: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -239,16 +245,23 @@ async fn one(client: &HttpClient, target: &Target, work: &Workload, t0: Instant)
         };
         let now = Instant::now();
         if work.stream {
+            out.frames += 1;
             if out.ttfb.is_none() {
                 out.ttfb = Some(now - t0);
-            } else {
-                out.gaps.push(now - last);
             }
+            // Gaps are between event completions (a blank line ends an event), so they do
+            // not depend on how the bytes were split into frames.
+            let from = buf.len().saturating_sub(1);
             buf.extend_from_slice(&data);
+            for _ in memchr::memmem::find_iter(&buf[from..], b"\n\n") {
+                if let Some(prev) = last_event {
+                    out.gaps.push(now - prev);
+                }
+                last_event = Some(now);
+            }
         } else if status != StatusCode::OK && buf.len() < 512 {
             buf.extend_from_slice(&data);
         }
-        last = now;
     }
     if status != StatusCode::OK {
         return failed(format!(

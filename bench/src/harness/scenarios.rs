@@ -77,6 +77,8 @@ pub struct Bench {
     pub report: String,
     /// Relay RSS right after start-up, before any traffic (KiB).
     pub idle_rss_kib: Option<u64>,
+    /// How long the relay stayed busy after phases (only waits over 0.45 s).
+    settle_waits: Vec<Duration>,
 }
 
 fn target(name: &'static str, base: &str, key: &str) -> Result<Target> {
@@ -127,6 +129,8 @@ struct Phase {
     rec: Recorder,
     relay_cpu_us: u64,
     relay_rss_peak_kib: u64,
+    mock_cpu_us: u64,
+    driver_cpu_us: u64,
 }
 
 impl Bench {
@@ -160,6 +164,7 @@ impl Bench {
             via_relay,
             report: String::new(),
             idle_rss_kib: idle,
+            settle_waits: Vec::new(),
         })
     }
 
@@ -181,11 +186,31 @@ impl Bench {
         Ok(())
     }
 
-    async fn phase<F, Fut>(&self, t: &Target, run: F) -> Phase
+    /// Waits until the relay is idle (under 5 % of a core over 200 ms), so background
+    /// work left over from the previous phase (publishing, projecting) neither disturbs
+    /// the next phase nor is billed to it. Gives up after 60 s.
+    async fn settle(&mut self) {
+        let Some(pid) = self.relay_pid() else { return };
+        let started = tokio::time::Instant::now();
+        loop {
+            let cpu = CpuMeter::start(pid);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if cpu.elapsed_us() <= 10_000 || started.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+        }
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(450) {
+            self.settle_waits.push(waited);
+        }
+    }
+
+    async fn phase<F, Fut>(&mut self, t: &Target, run: F) -> Phase
     where
         F: FnOnce(HttpClient, Target) -> Fut,
         Fut: std::future::Future<Output = Recorder>,
     {
+        self.settle().await;
         let relay = if t.name == "relay" {
             self.relay_pid()
         } else {
@@ -193,11 +218,15 @@ impl Bench {
         };
         let cpu = relay.map(CpuMeter::start);
         let rss = relay.map(|pid| RssSampler::start(pid, Duration::from_millis(50)));
+        let mock_cpu = self.mock.as_ref().map(|m| CpuMeter::start(m.pid()));
+        let driver_cpu = CpuMeter::start(std::process::id());
         let rec = run(self.client.clone(), t.clone()).await;
         Phase {
             rec,
             relay_cpu_us: cpu.map(|c| c.elapsed_us()).unwrap_or(0),
             relay_rss_peak_kib: rss.map(RssSampler::finish).unwrap_or(0),
+            mock_cpu_us: mock_cpu.map(|c| c.elapsed_us()).unwrap_or(0),
+            driver_cpu_us: driver_cpu.elapsed_us(),
         }
     }
 
@@ -328,11 +357,11 @@ impl Bench {
         self.warm(&work, self.sizes.warmup).await;
         let step = self.sizes.step;
         self.note(&format!(
-            "\n### 2. Throughput: small non-streaming requests, {} s per step\n\nClosed loop = fixed concurrency, back-to-back. Open loop = fixed arrival rate, latency from the intended send time (no coordinated omission); at most 8,000 in flight, the excess counted as errors. Driver, mock (1 worker) and relay share the 2 cores.\n",
+            "\n### 2. Throughput: small non-streaming requests, {} s per step\n\nClosed loop = fixed concurrency, back-to-back. Open loop = fixed arrival rate, latency from the intended send time (no coordinated omission); at most 8,000 in flight, the excess counted as errors. Driver, mock (1 worker) and relay share the 2 cores; CPU % columns are of one core (200 % = both cores).\n",
             step.as_secs()
         ));
-        self.note("| load | target | achieved req/s | p50 ms | p99 ms | p99.9 ms | errors % | relay CPU µs/req | relay CPU % (of 1 core) | relay RSS peak MiB |");
-        self.note("|---|---|---|---|---|---|---|---|---|---|");
+        self.note("| load | target | achieved req/s | p50 ms | p99 ms | p99.9 ms | errors % | relay CPU µs/req | relay CPU % | relay RSS peak MiB | mock CPU % | driver CPU % |");
+        self.note("|---|---|---|---|---|---|---|---|---|---|---|---|");
         #[derive(Clone, Copy)]
         enum Load {
             Closed(usize),
@@ -381,14 +410,17 @@ impl Bench {
                 } else {
                     ("–".into(), "–".into(), "–".into())
                 };
+                let wall = rec.elapsed.as_micros().max(1) as f64;
                 self.note(&format!(
-                    "| {label} | {} | {:.0} | {} | {} | {} | {:.2} | {cpu_req} | {cpu_pct} | {rss} |",
+                    "| {label} | {} | {:.0} | {} | {} | {} | {:.2} | {cpu_req} | {cpu_pct} | {rss} | {:.0} | {:.0} |",
                     t.name,
                     rec.throughput(),
                     ms(q(&rec.total, 0.5)),
                     ms(q(&rec.total, 0.99)),
                     ms(q(&rec.total, 0.999)),
                     rec.error_pct(),
+                    100.0 * ph.mock_cpu_us as f64 / wall,
+                    100.0 * ph.driver_cpu_us as f64 / wall,
                 ));
                 if let Some(e) = &rec.first_error {
                     errors.push(format!("{label} {}: `{e}`", t.name));
@@ -397,7 +429,7 @@ impl Bench {
             }
             if let [d, r] = p[..] {
                 self.note(&format!(
-                    "| {label} | relay ÷ direct | {:.2}× | {:.2}× | {:.2}× | | | | | |",
+                    "| {label} | relay ÷ direct | {:.2}× | {:.2}× | {:.2}× | | | | | | | |",
                     r.2 / d.2.max(1e-9),
                     r.0 as f64 / d.0.max(1) as f64,
                     r.1 as f64 / d.1.max(1) as f64,
@@ -446,13 +478,13 @@ impl Bench {
             }
         }
         self.note(&format!(
-            "\n### 3. Streaming\n\n**A. Concurrency 1**: {} rounds × {n} streams per target; each stream has {} events, 20 text deltas paced {} ms apart against absolute deadlines. TTFB = first body byte (message_start). Gap = time between body frames.\n",
+            "\n### 3. Streaming\n\n**A. Concurrency 1**: {} rounds × {n} streams per target; each stream has {} events, 20 text deltas paced {} ms apart against absolute deadlines. TTFB = first body byte (message_start). Gap = time between consecutive complete events (events sent back to back count as ~0).\n",
             self.sizes.rounds.min(5),
             paced.events_per_stream(),
             paced.interval.as_millis()
         ));
-        self.note("| target | ok | lost | stalled | TTFB p50 ms | TTFB p99 ms | gap p50 ms | gap p99 ms | total p50 ms | relay CPU µs/stream |");
-        self.note("|---|---|---|---|---|---|---|---|---|---|");
+        self.note("| target | ok | lost | stalled | frames/stream | TTFB p50 ms | TTFB p99 ms | gap p50 ms | gap p99 ms | total p50 ms | relay CPU µs/stream |");
+        self.note("|---|---|---|---|---|---|---|---|---|---|---|");
         for (i, rec) in merged.iter().enumerate().take(self.targets().len()) {
             let cpu = if i == 1 {
                 format!("{:.1}", cpu_us as f64 / rec.attempts().max(1) as f64)
@@ -460,11 +492,12 @@ impl Bench {
                 "–".to_owned()
             };
             self.note(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {cpu} |",
+                "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {cpu} |",
                 self.targets()[i].name,
                 rec.ok,
                 rec.lost,
                 rec.stalled,
+                rec.frames as f64 / rec.ok.max(1) as f64,
                 ms(q(&rec.ttfb, 0.5)),
                 ms(q(&rec.ttfb, 0.99)),
                 ms(q(&rec.gap, 0.5)),
@@ -560,6 +593,14 @@ impl Bench {
 
     /// Closing notes: idle RSS and what was not run.
     pub fn finish(&mut self) {
+        if !self.settle_waits.is_empty() {
+            let max = self.settle_waits.iter().max().copied().unwrap_or_default();
+            self.note(&format!(
+                "\nBefore each phase the harness waits until the relay uses < 5 % of a core; it stayed busy after {} phases, at most {:.1} s (background publishing/projection catching up).",
+                self.settle_waits.len(),
+                max.as_secs_f64()
+            ));
+        }
         if let Some(kib) = self.idle_rss_kib {
             self.note(&format!(
                 "\nRelay idle RSS (after start-up, before traffic): {:.1} MiB",
