@@ -148,6 +148,10 @@ pub struct ProxyBody {
     finish: Option<Finish>,
     size: Option<u64>,
     forwarded: u64,
+    /// When the upstream last sent bytes (or the body started).
+    last_upstream: tokio::time::Instant,
+    /// When the last keepalive went out.
+    last_keepalive: tokio::time::Instant,
     done: bool,
 }
 
@@ -170,6 +174,8 @@ impl ProxyBody {
             finish,
             size,
             forwarded: 0,
+            last_upstream: tokio::time::Instant::now(),
+            last_keepalive: tokio::time::Instant::now(),
             done: false,
         }
     }
@@ -280,11 +286,9 @@ impl http_body::Body for ProxyBody {
                         continue;
                     }
                     this.tap.feed(&chunk);
-                    let now = tokio::time::Instant::now();
-                    this.idle.as_mut().reset(now + this.idle_timeout);
-                    if let Some((k, every)) = &mut this.keepalive {
-                        k.as_mut().reset(now + *every);
-                    }
+                    // Timers are not re-armed per chunk (that would touch the timer
+                    // wheel on every event); they check this when they fire.
+                    this.last_upstream = tokio::time::Instant::now();
                     this.mark_first_byte();
                     this.forwarded += chunk.len() as u64;
                     if this.size.is_some_and(|n| this.forwarded >= n) {
@@ -307,27 +311,20 @@ impl http_body::Body for ProxyBody {
                 Poll::Pending => break,
             }
         }
-        if this.idle.as_mut().poll(cx).is_ready() {
+        if this.poll_idle_expired(cx) {
             return this.upstream_failed("the upstream went silent past the idle timeout");
         }
-        if let Some((k, every)) = &mut this.keepalive {
-            if k.as_mut().poll(cx).is_ready() {
-                k.as_mut().reset(tokio::time::Instant::now() + *every);
-                // Register the waker on the rearmed timer.
-                let _ = k.as_mut().poll(cx);
-                if this.tap_at_boundary() {
-                    if let Some(f) = &this.finish {
-                        f.ctx
-                            .state
-                            .proxy
-                            .metrics
-                            .keepalives
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    this.mark_first_byte();
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE)))));
-                }
+        if this.poll_keepalive_due(cx) {
+            if let Some(f) = &this.finish {
+                f.ctx
+                    .state
+                    .proxy
+                    .metrics
+                    .keepalives
+                    .fetch_add(1, Ordering::Relaxed);
             }
+            this.mark_first_byte();
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE)))));
         }
         Poll::Pending
     }
@@ -345,8 +342,47 @@ impl http_body::Body for ProxyBody {
 }
 
 impl ProxyBody {
-    fn tap_at_boundary(&self) -> bool {
-        matches!(&self.tap, Tap::Sse(t) if t.at_boundary())
+    /// Whether the upstream has been silent for the idle timeout. Registers the waker
+    /// on the idle timer otherwise.
+    fn poll_idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.idle.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.last_upstream + self.idle_timeout;
+            if tokio::time::Instant::now() >= deadline {
+                return true;
+            }
+            self.idle.as_mut().reset(deadline);
+        }
+    }
+
+    /// Whether a keepalive comment should go out now: the upstream (and the relay)
+    /// have been quiet for an interval and the stream sits between events. Registers
+    /// the waker on the keepalive timer otherwise.
+    fn poll_keepalive_due(&mut self, cx: &mut Context<'_>) -> bool {
+        let at_boundary = matches!(&self.tap, Tap::Sse(t) if t.at_boundary());
+        let quiet_since = self.last_upstream.max(self.last_keepalive);
+        let Some((timer, every)) = &mut self.keepalive else {
+            return false;
+        };
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let now = tokio::time::Instant::now();
+            let due = quiet_since + *every;
+            if now < due {
+                timer.as_mut().reset(due);
+                continue;
+            }
+            // Due. Mid-event nothing may be inserted: look again one interval later.
+            timer.as_mut().reset(now + *every);
+            if at_boundary {
+                self.last_keepalive = now;
+                return true;
+            }
+        }
     }
 }
 
