@@ -139,7 +139,12 @@ pub fn routes() -> Router<AppState> {
             .route(&format!("{prefix}/v1/models/{{id}}"), get(model))
             .route(&format!("{prefix}/api/hello"), head(hello).get(hello));
     }
-    r
+    r.fallback(not_found)
+}
+
+/// Unknown paths get Anthropic's 404 shape, so SDKs report them sensibly.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    ApiError::not_found(format!("Not found: {}", uri.path())).into_response()
 }
 
 /// `HEAD /` and `HEAD /api/hello`: Claude Code's preconnect probe.

@@ -273,3 +273,47 @@ async fn oauth_accounts_get_bearer_and_the_oauth_beta() {
     assert_eq!(r.header("x-api-key"), None);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_streams_complete_and_release_their_slots() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[]).await;
+    let mut a = Acc::new("a", KEY_A);
+    a.concurrency = 20;
+    app.add_account(&mock, a).await;
+    let mut b = Acc::new("b", KEY_B);
+    b.concurrency = 20;
+    app.add_account(&mock, b).await;
+    let body = body(true);
+    let want = mock.sse_transcript(&body).concat();
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let req = app.messages(&body);
+            tokio::spawn(async move { req.send().await.unwrap().bytes().await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), want);
+    }
+    let events = app
+        .wait_events("30 finishes", |e| {
+            finished(e).len() == 30 && usages(e).len() == 30
+        })
+        .await;
+    assert!(finished(&events)
+        .iter()
+        .all(|f| f.outcome == Outcome::Completed && f.attempts == 1));
+    for slot in &app.state.proxy.pool.snapshot().slots {
+        assert_eq!(
+            slot.rt.inflight(),
+            0,
+            "lease leaked on {}",
+            slot.account.name
+        );
+    }
+    let r = app.http.get(app.url("/v1/files")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "not_found_error");
+    app.stop().await;
+}
