@@ -126,7 +126,9 @@ pub fn validate(new: &NewAccount) -> Result<(), AccountStoreError> {
         }
     }
     if new.weight == 0 {
-        return Err(AccountStoreError::Invalid("weight must be at least 1".into()));
+        return Err(AccountStoreError::Invalid(
+            "weight must be at least 1".into(),
+        ));
     }
     if new.credential.expose().trim().is_empty() {
         return Err(AccountStoreError::Invalid("credential is empty".into()));
@@ -221,7 +223,8 @@ impl AccountStore {
     }
 
     fn row_to_account(&self, row: &sqlx::any::AnyRow) -> Result<Account, AccountStoreError> {
-        let invalid = |what: &str| AccountStoreError::Invalid(format!("stored account has invalid {what}"));
+        let invalid =
+            |what: &str| AccountStoreError::Invalid(format!("stored account has invalid {what}"));
         let id: String = row.try_get("id")?;
         let kind: String = row.try_get("kind")?;
         let sealed: String = row.try_get("credential_enc")?;

@@ -68,14 +68,23 @@ async fn refresh_one(state: &AppState, account: &Account) -> bool {
     let Some(refresh_token) = &account.refresh_token else {
         return false;
     };
-    let proxy = state.config.global_proxy_url().or_else(|| account.proxy_url.clone());
+    let proxy = state
+        .config
+        .global_proxy_url()
+        .or_else(|| account.proxy_url.clone());
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
     if let Some(p) = proxy.as_deref().and_then(|p| reqwest::Proxy::all(p).ok()) {
         builder = builder.proxy(p);
     }
     let result = match builder.build() {
         Ok(http) => {
-            oauth::refresh(&http, &state.config.oauth_token_url, refresh_token, Utc::now()).await
+            oauth::refresh(
+                &http,
+                &state.config.oauth_token_url,
+                refresh_token,
+                Utc::now(),
+            )
+            .await
         }
         Err(e) => Err(oauth::OAuthError::Http(e)),
     };
@@ -116,15 +125,18 @@ async fn refresh_one(state: &AppState, account: &Account) -> bool {
     } else {
         tracing::warn!(account = %account.id, %summary, "OAuth token refresh failed");
     }
-    state.publisher.publish(Envelope::new(
-        Uuid::now_v7(),
-        Utc::now(),
-        Event::AdminAction(AdminAction {
-            actor: "relay".into(),
-            action: action.into(),
-            target: format!("account:{}", account.id),
-            summary,
-        }),
-    ).with_account(Some(account.id.clone())));
+    state.publisher.publish(
+        Envelope::new(
+            Uuid::now_v7(),
+            Utc::now(),
+            Event::AdminAction(AdminAction {
+                actor: "relay".into(),
+                action: action.into(),
+                target: format!("account:{}", account.id),
+                summary,
+            }),
+        )
+        .with_account(Some(account.id.clone())),
+    );
     ok
 }

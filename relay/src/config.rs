@@ -28,7 +28,12 @@ pub struct CommonConfig {
 
     /// JetStream duplicate window in seconds; must exceed the publisher's longest
     /// retry horizon so a retried publish is recognised as a duplicate.
-    #[arg(long, env = "NATS_DUPLICATE_WINDOW_SECS", default_value_t = 600, global = true)]
+    #[arg(
+        long,
+        env = "NATS_DUPLICATE_WINDOW_SECS",
+        default_value_t = 600,
+        global = true
+    )]
     pub nats_duplicate_window_secs: u64,
 
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace` or a tracing directive).

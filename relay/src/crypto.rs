@@ -118,7 +118,9 @@ impl Cipher {
 
     /// Decrypts a value produced by [`Cipher::seal`].
     pub fn open(&self, sealed: &str) -> Result<Secret, CryptoError> {
-        let b64 = sealed.strip_prefix(SEALED_PREFIX).ok_or(CryptoError::Open)?;
+        let b64 = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .ok_or(CryptoError::Open)?;
         let raw = STANDARD.decode(b64).map_err(|_| CryptoError::Open)?;
         if raw.len() < 12 + 16 {
             return Err(CryptoError::Open);

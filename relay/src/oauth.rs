@@ -141,8 +141,7 @@ pub fn parse_pasted(input: &str) -> Result<(String, Option<String>), OAuthError>
     };
     let valid = |s: &str| {
         !s.is_empty()
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     if !valid(&code) {
@@ -193,7 +192,9 @@ async fn post_token(
         });
     }
     let t: TokenResponse = resp.json().await?;
-    let access = t.access_token.ok_or(OAuthError::Incomplete("access_token"))?;
+    let access = t
+        .access_token
+        .ok_or(OAuthError::Incomplete("access_token"))?;
     let expires_in = t.expires_in.ok_or(OAuthError::Incomplete("expires_in"))?;
     Ok(TokenSet {
         access_token: Secret::new(access),

@@ -124,10 +124,7 @@ pub async fn serve(common: CommonConfig, config: ServeConfig) -> anyhow::Result<
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let state = build_state(common, config, shutdown.clone(), tracker.clone()).await?;
-    let bound = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or(addr);
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
     tracing::info!(addr = %bound, log = state.log.backend(), "relay listening");
     tracker.spawn(wait_for_signal(shutdown.clone()));
     run_with_state(listener, state).await

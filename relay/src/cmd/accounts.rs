@@ -3,8 +3,8 @@
 use super::Context;
 use crate::accounts::{AccountKind, AccountStore, NewAccount};
 use crate::cli::{AccountAddArgs, AccountsCommand, OAuthLoginArgs};
-use crate::oauth;
 use crate::crypto::Secret;
+use crate::oauth;
 use crate::startup;
 use anyhow::Context as _;
 use std::io::{Read, Write};
@@ -71,7 +71,10 @@ async fn oauth_login(
     let pkce = oauth::Pkce::generate();
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "Open this URL, log in, and paste the code shown (code#state):")?;
+        writeln!(
+            out,
+            "Open this URL, log in, and paste the code shown (code#state):"
+        )?;
         writeln!(out, "{}", pkce.authorize_url(&args.authorize_url))?;
         out.flush()?;
     }
@@ -83,8 +86,14 @@ async fn oauth_login(
     if let Some(proxy) = &args.account.proxy {
         http = http.proxy(reqwest::Proxy::all(proxy).context("invalid --proxy")?);
     }
-    let tokens = oauth::exchange_code(&http.build()?, &args.token_url, &pkce, &line, chrono::Utc::now())
-        .await?;
+    let tokens = oauth::exchange_code(
+        &http.build()?,
+        &args.token_url,
+        &pkce,
+        &line,
+        chrono::Utc::now(),
+    )
+    .await?;
     let a = &args.account;
     let id = store
         .add_with_tokens(
@@ -120,7 +129,10 @@ async fn oauth_login(
 
 async fn list(store: &AccountStore) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "id\tname\tkind\tbase_url\tpriority\tweight\tgroup\tconcurrency\tproxy\tenabled")?;
+    writeln!(
+        out,
+        "id\tname\tkind\tbase_url\tpriority\tweight\tgroup\tconcurrency\tproxy\tenabled"
+    )?;
     for a in store.list().await? {
         writeln!(
             out,
@@ -133,7 +145,10 @@ async fn list(store: &AccountStore) -> anyhow::Result<()> {
             a.weight,
             a.group.as_deref().unwrap_or("-"),
             a.concurrency,
-            a.proxy_url.as_deref().map(redact_proxy).unwrap_or_else(|| "-".into()),
+            a.proxy_url
+                .as_deref()
+                .map(redact_proxy)
+                .unwrap_or_else(|| "-".into()),
             a.enabled
         )?;
     }

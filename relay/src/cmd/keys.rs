@@ -48,7 +48,11 @@ async fn create(ctx: &Context, store: &KeyStore, args: &KeyCreateArgs) -> anyhow
     )
     .await?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "created key {} for tenant {} (shown once):", key.id, key.tenant)?;
+    writeln!(
+        out,
+        "created key {} for tenant {} (shown once):",
+        key.id, key.tenant
+    )?;
     writeln!(out, "{}", secret.expose())?;
     Ok(())
 }
@@ -66,7 +70,9 @@ async fn list(store: &KeyStore) -> anyhow::Result<()> {
             k.group.as_deref().unwrap_or("-"),
             k.prefix,
             k.enabled,
-            k.expires_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+            k.expires_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "-".into())
         )?;
     }
     Ok(())
@@ -105,7 +111,10 @@ mod tests {
     #[test]
     fn durations_and_expiries_parse() {
         let now = Utc::now();
-        assert_eq!(parse_expiry("7d", now).unwrap(), now + chrono::Duration::days(7));
+        assert_eq!(
+            parse_expiry("7d", now).unwrap(),
+            now + chrono::Duration::days(7)
+        );
         assert!(parse_expiry("2026-12-01T00:00:00Z", now).is_ok());
         assert!(parse_expiry("soon", now).is_err());
         assert!(parse_duration("5x").is_err());

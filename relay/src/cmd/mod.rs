@@ -42,7 +42,12 @@ impl Context {
 
     /// Records an administrative action in the event log. Goes through the publisher
     /// so that an unreachable log spools the event instead of losing it.
-    pub async fn record_admin(&self, action: &str, target: &str, summary: &str) -> anyhow::Result<()> {
+    pub async fn record_admin(
+        &self,
+        action: &str,
+        target: &str,
+        summary: &str,
+    ) -> anyhow::Result<()> {
         let envelope = Envelope::new(
             Uuid::now_v7(),
             Utc::now(),
