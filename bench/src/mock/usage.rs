@@ -138,9 +138,25 @@ impl Walker {
     }
 }
 
-/// Whether the mock answers this request with a tool_use block.
+/// Whether the mock answers this request with a tool_use block. Like a real model
+/// finishing an agent turn, it answers a tool result with text, so agent loops (Claude
+/// Code) terminate.
 pub fn wants_tool(body: &Value) -> Option<&str> {
     let tools = body.get("tools")?.as_array()?;
+    let answers_tool_result = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array)
+        .is_some_and(|blocks| {
+            blocks
+                .iter()
+                .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+        });
+    if answers_tool_result {
+        return None;
+    }
     let choice_none = body
         .get("tool_choice")
         .and_then(|c| c.get("type"))
@@ -297,6 +313,15 @@ mod tests {
         assert_eq!(wants_tool(&body), Some("get_weather"));
         let none = json!({"tools":[{"name":"t"}],"tool_choice":{"type":"none"}});
         assert_eq!(wants_tool(&none), None);
+    }
+
+    #[test]
+    fn a_tool_result_is_answered_with_text_so_agent_loops_end() {
+        let body = json!({"model":"m","max_tokens":10,"tools":[{"name":"t"}],"messages":[
+            {"role":"user","content":"x"},
+            {"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"t","input":{}}]},
+            {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}]}]});
+        assert_eq!(wants_tool(&body), None);
     }
 
     #[test]
