@@ -7,6 +7,7 @@
 
 mod auth_input;
 mod cli;
+mod clients;
 mod failover;
 mod forwarding;
 mod proxies;
