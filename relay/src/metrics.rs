@@ -44,7 +44,11 @@ impl Histogram {
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -53,8 +57,18 @@ const OVERHEAD_BOUNDS: &[u64] = &[
     50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000, 100_000, 1_000_000,
 ];
 const UPSTREAM_BOUNDS: &[u64] = &[
-    10_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
-    30_000_000, 60_000_000, 300_000_000,
+    10_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
 ];
 
 const OUTCOMES: [Outcome; 5] = [
@@ -165,13 +179,37 @@ impl Metrics {
             );
         }
         for (name, help, v) in [
-            ("relay_upstream_attempts_total", "Upstream attempts.", &self.attempts),
-            ("relay_failovers_total", "Attempts retried on another account.", &self.failovers),
-            ("relay_sse_keepalives_total", "SSE keepalive comments sent.", &self.keepalives),
-            ("relay_disconnect_drains_total", "Streams drained after a client disconnect.", &self.drains),
-            ("relay_auth_failures_total", "Refused client credentials.", &self.auth_failures),
+            (
+                "relay_upstream_attempts_total",
+                "Upstream attempts.",
+                &self.attempts,
+            ),
+            (
+                "relay_failovers_total",
+                "Attempts retried on another account.",
+                &self.failovers,
+            ),
+            (
+                "relay_sse_keepalives_total",
+                "SSE keepalive comments sent.",
+                &self.keepalives,
+            ),
+            (
+                "relay_disconnect_drains_total",
+                "Streams drained after a client disconnect.",
+                &self.drains,
+            ),
+            (
+                "relay_auth_failures_total",
+                "Refused client credentials.",
+                &self.auth_failures,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         self.overhead.render(
             &mut out,
@@ -195,7 +233,9 @@ impl Metrics {
 
 /// Escapes a Prometheus label value.
 pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

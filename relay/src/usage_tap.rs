@@ -77,7 +77,10 @@ impl Usage {
             &mut self.cache_creation_input_tokens,
             later.cache_creation_input_tokens,
         );
-        put(&mut self.cache_read_input_tokens, later.cache_read_input_tokens);
+        put(
+            &mut self.cache_read_input_tokens,
+            later.cache_read_input_tokens,
+        );
         put(&mut self.cache_creation_5m, later.cache_creation_5m);
         put(&mut self.cache_creation_1h, later.cache_creation_1h);
         put(&mut self.web_search_requests, later.web_search_requests);
@@ -724,9 +727,17 @@ mod tests {
         let s = tap.summary();
         assert_eq!(s.model.as_deref(), Some("claude-haiku-4-5"));
         let t = s.usage.tokens();
-        assert_eq!((t.input, t.output, t.cache_write_5m, t.cache_write_1h), (12, 3, 0, 10));
+        assert_eq!(
+            (t.input, t.output, t.cache_write_5m, t.cache_write_1h),
+            (12, 3, 0, 10)
+        );
         assert_eq!(t.web_search_requests, 2);
-        let e = summarize_json(br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#);
-        assert_eq!(e.error, Some(("rate_limit_error".into(), "slow down".into())));
+        let e = summarize_json(
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#,
+        );
+        assert_eq!(
+            e.error,
+            Some(("rate_limit_error".into(), "slow down".into()))
+        );
     }
 }

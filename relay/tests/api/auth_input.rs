@@ -181,3 +181,18 @@ async fn bad_input_is_refused_before_anything_is_forwarded() {
     assert!(usages(&events).is_empty());
     app.stop().await;
 }
+
+/// Large requests (images, long contexts) pass: the limit is MAX_BODY_BYTES (32 MiB by
+/// default), not a framework default.
+#[tokio::test]
+async fn bodies_above_framework_defaults_are_accepted() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[]).await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    let mut b = body(false);
+    b["messages"][0]["content"] = serde_json::Value::String("x".repeat(3 * 1024 * 1024));
+    let r = app.messages(&b).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(mock.requests()[0].body.len(), serde_json::to_vec(&b).unwrap().len());
+    app.stop().await;
+}
