@@ -1,1 +1,54 @@
-//! placeholder
+//! Read models built from the event log: the usage ledger and totals with exact costs,
+//! account status, the request log and the audit log; plus the runner that keeps them
+//! up to date, replay (rebuild, reprice) and the read functions the admin API, the CLI
+//! and the bench harness call.
+//!
+//! Everything here runs on SQLite and PostgreSQL through `sqlx::Any` with the same SQL
+//! text (`$N` placeholders, hand-written statements, BIGINT nanodollars, BIGINT epoch ms
+//! plus TEXT UTC days). Projections are deterministic: `apply` reads no clock, no
+//! network, no environment and no random numbers, so a rebuild yields identical rows.
+//!
+//! Layout:
+//! - [`db`]: connecting and migrating;
+//! - [`money`]: nanodollars ↔ `Decimal`;
+//! - [`pricing`]: the effective-dated price table and the cost of one usage event;
+//! - [`runner`]: the [`Projection`] trait and the [`Projector`] that feeds it;
+//! - [`usage`], [`accounts`], [`requests`], [`audit`]: the projections;
+//! - [`read`]: queries over the read models, statements included;
+//! - [`replay`]: rebuild and reprice.
+
+pub mod accounts;
+pub mod audit;
+pub mod db;
+mod error;
+pub mod money;
+pub mod pricing;
+pub mod read;
+pub mod replay;
+pub mod requests;
+pub mod runner;
+mod sql;
+pub mod usage;
+
+pub use db::{connect, migrate, Backend};
+pub use error::Error;
+pub use pricing::PriceTable;
+pub use replay::{rebuild, reprice};
+pub use runner::{Lag, Projection, Projector, ProjectorOptions};
+
+use std::sync::Arc;
+
+/// Every projection this crate ships, in a fixed order, priced with `prices`.
+///
+/// Names: `usage` (ledger and totals), `accounts`, `requests`, `audit`.
+pub fn all(prices: Arc<PriceTable>) -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(usage::UsageProjection::new(prices)),
+        Arc::new(accounts::AccountsProjection),
+        Arc::new(requests::RequestsProjection),
+        Arc::new(audit::AuditProjection),
+    ]
+}
+
+/// The names of [`all`], for CLI validation and help texts.
+pub const PROJECTION_NAMES: [&str; 4] = ["usage", "accounts", "requests", "audit"];

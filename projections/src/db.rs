@@ -1,0 +1,84 @@
+//! Connecting to the read-model database and applying this crate's migrations.
+//!
+//! The relay keeps its own tables (versions 1..=99) in the same database; this crate's
+//! migrations use versions 100 and up and run with `ignore_missing` so the two
+//! migrators share one `_sqlx_migrations` table.
+
+use crate::Error;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+use std::time::Duration;
+
+/// Which SQL dialect a pool speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (embedded mode).
+    Sqlite,
+    /// PostgreSQL (scale mode).
+    Postgres,
+}
+
+impl Backend {
+    /// Picks the backend from a URL scheme.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(Error::UnsupportedBackend)
+        }
+    }
+
+    /// The backend of an open pool.
+    pub fn of(pool: &AnyPool) -> Result<Self, Error> {
+        Self::from_url(pool.connect_options().database_url.as_str())
+    }
+}
+
+/// Opens a pool with sane options. SQLite: the file is created if missing, WAL
+/// journal, a 10 s busy timeout, foreign keys on, `synchronous=NORMAL` (the event log,
+/// not this database, is the durable record: a lost tail is re-projected from the
+/// checkpoint). PostgreSQL: up to 16 connections.
+pub async fn connect(url: &str) -> Result<AnyPool, Error> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::from_url(url)?;
+    let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+    let url = match backend {
+        Backend::Sqlite => {
+            opts = opts.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; \
+                         PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+            if url.contains("mode=") || url.contains(":memory:") {
+                url.to_owned()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            }
+        }
+        Backend::Postgres => {
+            opts = opts.max_connections(16);
+            url.to_owned()
+        }
+    };
+    Ok(opts.connect(&url).await?)
+}
+
+/// Applies this crate's migrations (versions 100 and up) for the pool's backend.
+pub async fn migrate(pool: &AnyPool) -> Result<(), Error> {
+    let mut migrator = match Backend::of(pool)? {
+        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+    };
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Projection `requests`: the request log, metadata only (no prompts, no answers), one
+//! row per `request.finished` event id. Token counts and cost are not copied here:
+//! [`crate::read::request_log`] joins the usage ledger by request id at read time, which
+//! is order-independent (usage may be recorded before or after the request finishes).
+//!
+//! Retention is not applied inside the projection (it would need a clock): the relay
+//! calls [`prune_request_log`] periodically with `now − LOG_RETENTION_MONTHS`. A
+//! duplicate of an event already pruned would be inserted again; duplicates arrive
+//! within minutes of the original, so this does not happen with sane retention.
+
+use crate::runner::Projection;
+use crate::sql::{self, i, opt, wire_name};
+use crate::Error;
+use ingest::StoredEvent;
+use schema::Event;
+use sqlx::{AnyConnection, AnyPool};
+use std::collections::HashSet;
+
+/// The request-log projection.
+pub struct RequestsProjection;
+
+impl RequestsProjection {
+    /// The projection's name.
+    pub const NAME: &'static str = "requests";
+}
+
+pub(crate) const REQUEST_COLUMNS: &str = "event_id, position, occurred_at_ms, day, request_id, \
+    tenant, api_key, account, model, endpoint, status, outcome, stream, latency_us, ttfb_us, \
+    upstream_us, attempts, routing_reason, error_type, upstream_request_id";
+
+/// Deletes request-log rows that occurred before `older_than_ms` (epoch ms); returns
+/// how many were deleted. Not part of the projection: the caller supplies the clock.
+pub async fn prune_request_log(db: &AnyPool, older_than_ms: i64) -> Result<u64, Error> {
+    let done = sqlx::query("DELETE FROM request_log WHERE occurred_at_ms < $1")
+        .bind(older_than_ms)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+#[async_trait::async_trait]
+impl Projection for RequestsProjection {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error> {
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), Error> {
+        let mut seen = HashSet::new();
+        let mut rows = Vec::new();
+        for e in events {
+            let env = &e.envelope;
+            let r = match &env.event {
+                Event::RequestFinished(r) => r,
+                Event::UsageRecorded(_)
+                | Event::AccountHealthChanged(_)
+                | Event::AdminAction(_)
+                | Event::AuthFailed(_) => continue,
+            };
+            if seen.insert(env.id) {
+                rows.push((e, env, r));
+            }
+        }
+        for chunk in rows.chunks(sql::rows_per_statement(tx, 20)) {
+            let text = format!(
+                "INSERT INTO request_log ({REQUEST_COLUMNS}) VALUES {} \
+                 ON CONFLICT (event_id) DO NOTHING",
+                sql::values(chunk.len(), 20)
+            );
+            let mut q = sqlx::query(&text);
+            for (e, env, r) in chunk {
+                let account = r
+                    .routing
+                    .as_ref()
+                    .map(|d| d.account.to_string())
+                    .unwrap_or_else(|| opt(env.account.as_ref()));
+                q = q
+                    .bind(env.id.to_string())
+                    .bind(i(e.position))
+                    .bind(env.occurred_at.timestamp_millis())
+                    .bind(sql::day_of(env.occurred_at))
+                    .bind(env.request_id.clone().unwrap_or_default())
+                    .bind(opt(env.tenant.as_ref()))
+                    .bind(opt(env.api_key.as_ref()))
+                    .bind(account)
+                    .bind(r.model.clone().unwrap_or_default())
+                    .bind(r.endpoint.clone())
+                    .bind(i64::from(r.status))
+                    .bind(wire_name(&r.outcome))
+                    .bind(i64::from(r.stream))
+                    .bind(i(r.latency_us))
+                    .bind(r.ttfb_us.map(i))
+                    .bind(r.upstream_us.map(i))
+                    .bind(i64::from(r.attempts))
+                    .bind(
+                        r.routing
+                            .as_ref()
+                            .map(|d| wire_name(&d.reason))
+                            .unwrap_or_default(),
+                    )
+                    .bind(r.error_type.clone().unwrap_or_default())
+                    .bind(r.upstream_request_id.clone().unwrap_or_default());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
+        sqlx::query("DELETE FROM request_log")
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,543 @@
+//! The [`Projection`] trait and the [`Projector`] that feeds one projection from the
+//! event log.
+//!
+//! A projector loads its checkpoint, subscribes to the log after it, and applies the
+//! events in batches (whatever is ready, up to `batch_size`). Each batch commits in ONE
+//! transaction together with the checkpoint, which only moves forward (the upsert is
+//! guarded with `WHERE last_seq < excluded.last_seq`). After an error it backs off and
+//! re-subscribes from the stored checkpoint, so a crash or a killed task at any point
+//! loses nothing and counts nothing twice.
+//!
+//! Only one runner per projection is active across processes: the runner holds a lease
+//! row (`leases(name, holder, until_ms)`), renews it in every batch transaction and on a
+//! timer, and a batch whose lease renewal fails is rolled back. The runner reads the
+//! clock for the lease; projections never do.
+
+use crate::Error;
+use futures::StreamExt;
+use ingest::{EventLog, LogError, Position, StoredEvent};
+use sqlx::{AnyConnection, AnyPool};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A read model built from the event log.
+///
+/// Implementations must be deterministic: no clock, network, environment or random
+/// numbers inside `apply`/`apply_batch`, and an exhaustive `match` on
+/// [`schema::Event`] so a new event type forces a decision. They must also be
+/// idempotent per event id where they count: the same event may arrive again at a new
+/// position (a duplicate published after JetStream's dedup window).
+#[async_trait::async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: the checkpoint and lease key, and the `relay rebuild` argument.
+    fn name(&self) -> &'static str;
+
+    /// Applies one event inside the runner's transaction.
+    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error>;
+
+    /// Applies events in log order inside the runner's transaction. The default applies
+    /// them one by one; projections override it to write multi-row statements. The
+    /// result must not depend on how the log is cut into batches.
+    async fn apply_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), Error> {
+        for event in events {
+            self.apply(tx, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every row the projection owns (for a rebuild). The runner resets the
+    /// checkpoint in the same transaction.
+    async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error>;
+}
+
+/// How far a projection is behind the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// Last applied position.
+    pub checkpoint: Position,
+    /// Newest position in the log when last looked at.
+    pub head: Position,
+}
+
+impl Lag {
+    /// `head − checkpoint` (0 when caught up).
+    pub fn behind(&self) -> u64 {
+        self.head.saturating_sub(self.checkpoint)
+    }
+}
+
+/// Tuning knobs of a [`Projector`].
+#[derive(Debug, Clone)]
+pub struct ProjectorOptions {
+    /// Most events per transaction.
+    pub batch_size: usize,
+    /// Lease duration; renewed every batch and every third of this while idle.
+    pub lease_ttl: Duration,
+    /// First back-off after an error (doubles up to `retry_max`).
+    pub retry_min: Duration,
+    /// Longest back-off.
+    pub retry_max: Duration,
+    /// Lease holder name; unique per runner by default.
+    pub holder: String,
+}
+
+impl Default for ProjectorOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            lease_ttl: Duration::from_secs(30),
+            retry_min: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+            holder: format!(
+                "pid{}-{}",
+                std::process::id(),
+                uuid::Uuid::now_v7().simple()
+            ),
+        }
+    }
+}
+
+/// Feeds one projection from the event log. See the module docs.
+pub struct Projector {
+    db: AnyPool,
+    log: Arc<dyn EventLog>,
+    projection: Arc<dyn Projection>,
+    opts: ProjectorOptions,
+    lag: watch::Sender<Lag>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn pos_i64(p: Position) -> i64 {
+    i64::try_from(p).unwrap_or(i64::MAX)
+}
+
+/// The stored checkpoint of `projection` (0 when it has none).
+pub async fn checkpoint(db: &AnyPool, projection: &str) -> Result<Position, Error> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT last_seq FROM projection_checkpoints WHERE projection = $1")
+            .bind(projection)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|r| u64::try_from(r.0).unwrap_or(0)).unwrap_or(0))
+}
+
+/// Advances the checkpoint inside `tx`, only forward. Returns `false` when the stored
+/// checkpoint is already at or past `position`.
+pub async fn advance_checkpoint(
+    tx: &mut AnyConnection,
+    projection: &str,
+    position: Position,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, $2) \
+         ON CONFLICT (projection) DO UPDATE SET last_seq = excluded.last_seq \
+         WHERE projection_checkpoints.last_seq < excluded.last_seq",
+    )
+    .bind(projection)
+    .bind(pos_i64(position))
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Takes (or renews) the lease `name` for `holder` when it is free, expired or already
+/// ours. Returns whether we hold it now.
+pub(crate) async fn try_lease(
+    db: &AnyPool,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    let now = now_ms();
+    let done = sqlx::query(
+        "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+         WHERE leases.holder = excluded.holder OR leases.until_ms < $4",
+    )
+    .bind(name)
+    .bind(holder)
+    .bind(now.saturating_add(ttl_ms(ttl)))
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Extends our lease inside `conn` (typically the batch transaction); `LeaseLost` when
+/// someone else holds it now.
+pub(crate) async fn renew_lease(
+    conn: &mut AnyConnection,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<(), Error> {
+    let done = sqlx::query("UPDATE leases SET until_ms = $1 WHERE name = $2 AND holder = $3")
+        .bind(now_ms().saturating_add(ttl_ms(ttl)))
+        .bind(name)
+        .bind(holder)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(Error::LeaseLost(name.to_owned()))
+    }
+}
+
+/// Takes the lease or fails with `LeaseHeld` naming the holder.
+pub(crate) async fn lease_or_fail(
+    db: &AnyPool,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<(), Error> {
+    if try_lease(db, name, holder, ttl).await? {
+        return Ok(());
+    }
+    let current: Option<(String,)> = sqlx::query_as("SELECT holder FROM leases WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    Err(Error::LeaseHeld {
+        projection: name.to_owned(),
+        holder: current.map(|h| h.0).unwrap_or_default(),
+    })
+}
+
+/// Gives the lease up (best effort: an unreleased lease simply expires).
+pub(crate) async fn release_lease(db: &AnyPool, name: &str, holder: &str) {
+    let done = sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+        .bind(name)
+        .bind(holder)
+        .execute(db)
+        .await;
+    if let Err(e) = done {
+        tracing::warn!(lease = name, error = %e, "cannot release lease; it will expire");
+    }
+}
+
+impl Projector {
+    /// A projector with default options.
+    pub fn new(db: AnyPool, log: Arc<dyn EventLog>, projection: Arc<dyn Projection>) -> Self {
+        let (lag, _) = watch::channel(Lag::default());
+        Self {
+            db,
+            log,
+            projection,
+            opts: ProjectorOptions::default(),
+            lag,
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, opts: ProjectorOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    /// Watches the lag; updated after every batch and on the lease timer.
+    pub fn lag(&self) -> watch::Receiver<Lag> {
+        self.lag.subscribe()
+    }
+
+    /// Reads the current lag from the database and the log.
+    pub async fn current_lag(&self) -> Result<Lag, Error> {
+        Ok(Lag {
+            checkpoint: checkpoint(&self.db, self.name()).await?,
+            head: self.log.head().await?,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled: waits for the lease, then applies events as
+    /// they arrive. Errors are logged and retried with back-off; the function returns
+    /// only on shutdown.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), Error> {
+        let mut noop = |_: Lag| {};
+        match self.drive(None, &shutdown, &mut noop).await {
+            Ok(_) | Err(Error::Cancelled) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies events until the checkpoint reaches the log's head as of this call, then
+    /// returns the checkpoint. Fails fast (`LeaseHeld`) when another runner holds the
+    /// lease, and returns the first error instead of retrying.
+    pub async fn run_until_caught_up(&self) -> Result<Position, Error> {
+        let mut noop = |_: Lag| {};
+        self.run_until_caught_up_with(&mut noop).await
+    }
+
+    /// [`Projector::run_until_caught_up`] with a progress callback.
+    pub async fn run_until_caught_up_with(
+        &self,
+        progress: &mut (dyn FnMut(Lag) + Send),
+    ) -> Result<Position, Error> {
+        let target = self.log.head().await?;
+        self.drive(Some(target), &CancellationToken::new(), progress)
+            .await
+    }
+
+    /// Resets the projection (its rows and checkpoint, in one transaction) and replays
+    /// the log up to its head as of the reset. Takes the lease like a runner, so it
+    /// fails with `LeaseHeld` while another runner is active.
+    pub async fn rebuild(&self, progress: &mut (dyn FnMut(Lag) + Send)) -> Result<Position, Error> {
+        self.acquire_or_fail().await?;
+        let result = async {
+            let mut tx = self.db.begin().await?;
+            self.renew_in(&mut tx).await?;
+            self.projection.reset(&mut tx).await?;
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, 0) \
+                 ON CONFLICT (projection) DO UPDATE SET last_seq = 0",
+            )
+            .bind(self.name())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let target = self.log.head().await?;
+            self.drive_leased(Some(target), &CancellationToken::new(), progress)
+                .await
+        }
+        .await;
+        self.release().await;
+        result
+    }
+
+    async fn drive(
+        &self,
+        target: Option<Position>,
+        shutdown: &CancellationToken,
+        progress: &mut (dyn FnMut(Lag) + Send),
+    ) -> Result<Position, Error> {
+        if target.is_some() {
+            self.acquire_or_fail().await?;
+        } else {
+            let mut backoff = self.opts.retry_min;
+            loop {
+                match self.acquire().await {
+                    Ok(true) => break,
+                    Ok(false) => backoff = backoff.max(self.opts.lease_ttl / 3),
+                    Err(e) => {
+                        tracing::warn!(projection = self.name(), error = %e, "cannot take lease");
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Error::Cancelled),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(self.opts.retry_max);
+            }
+        }
+        let result = self.drive_leased(target, shutdown, progress).await;
+        self.release().await;
+        result
+    }
+
+    async fn drive_leased(
+        &self,
+        target: Option<Position>,
+        shutdown: &CancellationToken,
+        progress: &mut (dyn FnMut(Lag) + Send),
+    ) -> Result<Position, Error> {
+        let mut backoff = self.opts.retry_min;
+        loop {
+            match self.session(target, shutdown, progress).await {
+                Ok(p) => return Ok(p),
+                Err(e) if target.is_some() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(projection = self.name(), error = %e, "projector error; re-subscribing");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(Error::Cancelled),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.opts.retry_max);
+                    if matches!(e, Error::LeaseLost(_)) {
+                        // Another runner took over; wait for the lease again.
+                        while !self.acquire().await.unwrap_or(false) {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Err(Error::Cancelled),
+                                _ = tokio::time::sleep(self.opts.lease_ttl / 3) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One subscription: from the stored checkpoint until the target, shutdown or an
+    /// error.
+    async fn session(
+        &self,
+        target: Option<Position>,
+        shutdown: &CancellationToken,
+        progress: &mut (dyn FnMut(Lag) + Send),
+    ) -> Result<Position, Error> {
+        let mut at = checkpoint(&self.db, self.name()).await?;
+        self.report(at, progress).await;
+        if target.is_some_and(|t| at >= t) {
+            return Ok(at);
+        }
+        let stream = self.log.subscribe(at, None).await?;
+        let mut chunks = stream.ready_chunks(self.opts.batch_size.max(1));
+        let mut renew =
+            tokio::time::interval((self.opts.lease_ttl / 3).max(Duration::from_millis(10)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        loop {
+            let chunk = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(at),
+                _ = renew.tick() => {
+                    let mut conn = self.db.acquire().await?;
+                    self.renew_in(&mut conn).await?;
+                    self.report(at, progress).await;
+                    continue;
+                }
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                return Err(LogError::Unavailable("subscription ended".into()).into());
+            };
+            let mut events = Vec::with_capacity(chunk.len());
+            let mut failure = None;
+            for item in chunk {
+                match item {
+                    Ok(e) => events.push(e),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !events.is_empty() {
+                at = self.commit(events, at).await?;
+                self.report(at, progress).await;
+            }
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            if target.is_some_and(|t| at >= t) {
+                return Ok(at);
+            }
+        }
+    }
+
+    async fn commit(&self, events: Vec<StoredEvent>, at: Position) -> Result<Position, Error> {
+        let fresh: Vec<StoredEvent> = events.into_iter().filter(|e| e.position > at).collect();
+        let Some(last) = fresh.iter().map(|e| e.position).max() else {
+            return Ok(at);
+        };
+        // A projector that meets a payload version newer than this build stops rather
+        // than skipping it: skipping would corrupt billing.
+        if let Some(e) = fresh
+            .iter()
+            .find(|e| e.envelope.version > e.envelope.event.current_version())
+        {
+            return Err(Error::UnsupportedVersion {
+                position: e.position,
+                event_type: e.envelope.event.type_name().to_owned(),
+                version: e.envelope.version,
+            });
+        }
+        let mut tx = self.db.begin().await?;
+        // The lease renewal goes first: it takes SQLite's write lock at the start of
+        // the transaction and fences out a runner whose lease was taken over.
+        self.renew_in(&mut tx).await?;
+        self.projection.apply_batch(&mut tx, &fresh).await?;
+        if !advance_checkpoint(&mut tx, self.name(), last).await? {
+            return Err(Error::CheckpointConflict(self.name().to_owned()));
+        }
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    async fn report(&self, at: Position, progress: &mut (dyn FnMut(Lag) + Send)) {
+        let head = match self.log.head().await {
+            Ok(h) => h,
+            Err(_) => self.lag.borrow().head,
+        };
+        let lag = Lag {
+            checkpoint: at,
+            head: head.max(at),
+        };
+        self.lag.send_replace(lag);
+        progress(lag);
+    }
+
+    async fn acquire(&self) -> Result<bool, Error> {
+        try_lease(
+            &self.db,
+            self.name(),
+            &self.opts.holder,
+            self.opts.lease_ttl,
+        )
+        .await
+    }
+
+    async fn acquire_or_fail(&self) -> Result<(), Error> {
+        lease_or_fail(
+            &self.db,
+            self.name(),
+            &self.opts.holder,
+            self.opts.lease_ttl,
+        )
+        .await
+    }
+
+    async fn renew_in(&self, conn: &mut AnyConnection) -> Result<(), Error> {
+        renew_lease(conn, self.name(), &self.opts.holder, self.opts.lease_ttl).await
+    }
+
+    async fn release(&self) {
+        release_lease(&self.db, self.name(), &self.opts.holder).await;
+    }
+}
+
+/// Runs every projection in `projections` until `shutdown`, each with its own runner
+/// task; returns when all have stopped.
+pub async fn run_all(
+    db: AnyPool,
+    log: Arc<dyn EventLog>,
+    projections: Vec<Arc<dyn Projection>>,
+    opts: ProjectorOptions,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in projections {
+        let projector = Projector::new(db.clone(), log.clone(), p).with_options(opts.clone());
+        let token = shutdown.clone();
+        tasks.spawn(async move { projector.run(token).await });
+    }
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let outcome = match done {
+            Ok(r) => r,
+            Err(e) => Err(Error::Corrupt(format!("projector task failed: {e}"))),
+        };
+        if let Err(e) = outcome {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

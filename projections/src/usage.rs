@@ -1,0 +1,299 @@
+//! Projection `usage`: the usage ledger (one row per `usage.recorded` event id, priced)
+//! and the usage totals per (UTC day, tenant, API key, account, model).
+//!
+//! Idempotence: the ledger's primary key is the event id and rows are inserted with
+//! `ON CONFLICT DO NOTHING … RETURNING event_id`; only the rows actually inserted are
+//! added to the totals. A duplicate event, even one stored at a new position after
+//! JetStream's dedup window, therefore counts once.
+//!
+//! `requests` in the totals counts usage events, i.e. upstream attempts that reported
+//! usage (a request that failed over has one per attempt that reached upstream).
+
+use crate::pricing::PriceTable;
+use crate::runner::Projection;
+use crate::sql::{self, i, opt, wire_name};
+use crate::{money, Error};
+use ingest::StoredEvent;
+use schema::Event;
+use sqlx::AnyConnection;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+/// The usage ledger and totals, priced with a fixed [`PriceTable`].
+pub struct UsageProjection {
+    prices: Arc<PriceTable>,
+}
+
+impl UsageProjection {
+    /// The projection's name.
+    pub const NAME: &'static str = "usage";
+
+    /// Prices events with `prices` (pass the same table to every run and rebuild; after
+    /// changing it, run [`crate::reprice`]).
+    pub fn new(prices: Arc<PriceTable>) -> Self {
+        Self { prices }
+    }
+}
+
+/// A ledger row as written.
+#[derive(Debug, Clone)]
+pub(crate) struct LedgerRow {
+    pub event_id: String,
+    pub position: i64,
+    pub occurred_at_ms: i64,
+    pub day: String,
+    pub tenant: String,
+    pub api_key: String,
+    pub account: String,
+    pub model: String,
+    pub request_id: String,
+    pub attempt: i64,
+    pub status: i64,
+    pub stream: i64,
+    pub tokens: [i64; 5],
+    pub web_search: i64,
+    pub web_fetch: i64,
+    pub service_tier: String,
+    pub speed: String,
+    pub inference_geo: String,
+    pub completeness: String,
+    pub price_version: String,
+    pub price_key: String,
+    pub fallback: i64,
+    pub unit: [String; 5],
+    pub cost_nanos: i64,
+}
+
+pub(crate) const LEDGER_COLUMNS: &str =
+    "event_id, position, occurred_at_ms, day, tenant, api_key, account, model, \
+     request_id, attempt, status, stream, input_tokens, output_tokens, cache_read_tokens, \
+     cache_write_5m_tokens, cache_write_1h_tokens, web_search_requests, web_fetch_requests, \
+     service_tier, speed, inference_geo, completeness, price_version, price_key, \
+     priced_by_fallback, unit_input, unit_output, unit_cache_read, unit_cache_write_5m, \
+     unit_cache_write_1h, cost_nanos";
+const LEDGER_WIDTH: usize = 32;
+
+/// Key of a totals row.
+pub(crate) type TotalsKey = (String, String, String, String, String);
+
+/// Sums of a totals row: requests, five token kinds, cost, fallback requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sums {
+    pub requests: i64,
+    pub tokens: [i64; 5],
+    pub cost_nanos: i64,
+    pub fallback: i64,
+}
+
+impl Sums {
+    pub(crate) fn add(&mut self, row: &LedgerRow) {
+        self.requests += 1;
+        for (t, r) in self.tokens.iter_mut().zip(row.tokens) {
+            *t += r;
+        }
+        self.cost_nanos += row.cost_nanos;
+        self.fallback += row.fallback;
+    }
+}
+
+impl UsageProjection {
+    fn row(&self, e: &StoredEvent) -> Result<Option<LedgerRow>, Error> {
+        let env = &e.envelope;
+        let u = match &env.event {
+            Event::UsageRecorded(u) => u,
+            Event::RequestFinished(_)
+            | Event::AccountHealthChanged(_)
+            | Event::AdminAction(_)
+            | Event::AuthFailed(_) => return Ok(None),
+        };
+        let priced = self.prices.price_usage(env.occurred_at, u);
+        Ok(Some(LedgerRow {
+            event_id: env.id.to_string(),
+            position: i64::try_from(e.position).unwrap_or(i64::MAX),
+            occurred_at_ms: env.occurred_at.timestamp_millis(),
+            day: sql::day_of(env.occurred_at),
+            tenant: opt(env.tenant.as_ref()),
+            api_key: opt(env.api_key.as_ref()),
+            account: u.account.to_string(),
+            model: u.model.clone(),
+            request_id: env.request_id.clone().unwrap_or_default(),
+            attempt: i64::from(u.attempt),
+            status: i64::from(u.status),
+            stream: i64::from(u.stream),
+            tokens: [
+                i(u.input_tokens),
+                i(u.output_tokens),
+                i(u.cache_read_input_tokens),
+                i(u.cache_creation_5m_input_tokens),
+                i(u.cache_creation_1h_input_tokens),
+            ],
+            web_search: i(u.server_tool_use.web_search_requests),
+            web_fetch: i(u.server_tool_use.web_fetch_requests),
+            service_tier: u.service_tier.clone().unwrap_or_default(),
+            speed: u.speed.clone().unwrap_or_default(),
+            inference_geo: u.inference_geo.clone().unwrap_or_default(),
+            completeness: wire_name(&u.completeness),
+            price_version: priced.version,
+            price_key: priced.price_key,
+            fallback: i64::from(priced.fallback),
+            unit: [
+                priced.unit.input.to_string(),
+                priced.unit.output.to_string(),
+                priced.unit.cache_read.to_string(),
+                priced.unit.cache_write_5m.to_string(),
+                priced.unit.cache_write_1h.to_string(),
+            ],
+            cost_nanos: money::usd_to_nanos(priced.cost)?,
+        }))
+    }
+}
+
+/// Inserts ledger rows, skipping ids already stored; returns the ids inserted.
+async fn insert_ledger(
+    tx: &mut AnyConnection,
+    rows: &[LedgerRow],
+) -> Result<HashSet<String>, Error> {
+    let mut inserted = HashSet::with_capacity(rows.len());
+    for chunk in rows.chunks(sql::rows_per_statement(tx, LEDGER_WIDTH)) {
+        let text = format!(
+            "INSERT INTO usage_ledger ({LEDGER_COLUMNS}) VALUES {} \
+             ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            sql::values(chunk.len(), LEDGER_WIDTH)
+        );
+        let mut q = sqlx::query_as::<_, (String,)>(&text);
+        for r in chunk {
+            q = q
+                .bind(r.event_id.clone())
+                .bind(r.position)
+                .bind(r.occurred_at_ms)
+                .bind(r.day.clone())
+                .bind(r.tenant.clone())
+                .bind(r.api_key.clone())
+                .bind(r.account.clone())
+                .bind(r.model.clone())
+                .bind(r.request_id.clone())
+                .bind(r.attempt)
+                .bind(r.status)
+                .bind(r.stream);
+            for t in r.tokens {
+                q = q.bind(t);
+            }
+            q = q
+                .bind(r.web_search)
+                .bind(r.web_fetch)
+                .bind(r.service_tier.clone())
+                .bind(r.speed.clone())
+                .bind(r.inference_geo.clone())
+                .bind(r.completeness.clone())
+                .bind(r.price_version.clone())
+                .bind(r.price_key.clone())
+                .bind(r.fallback);
+            for u in &r.unit {
+                q = q.bind(u.clone());
+            }
+            q = q.bind(r.cost_nanos);
+        }
+        for (id,) in q.fetch_all(&mut *tx).await? {
+            inserted.insert(id);
+        }
+    }
+    Ok(inserted)
+}
+
+/// Adds `sums` to the totals rows (multi-row upsert; keys are unique per call).
+pub(crate) async fn add_totals(
+    tx: &mut AnyConnection,
+    sums: &BTreeMap<TotalsKey, Sums>,
+) -> Result<(), Error> {
+    let entries: Vec<_> = sums.iter().collect();
+    for chunk in entries.chunks(sql::rows_per_statement(tx, 13)) {
+        let text = format!(
+            "INSERT INTO usage_totals (day, tenant, api_key, account, model, requests, \
+             input_tokens, output_tokens, cache_read_tokens, cache_write_5m_tokens, \
+             cache_write_1h_tokens, cost_nanos, fallback_requests) VALUES {} \
+             ON CONFLICT (day, tenant, api_key, account, model) DO UPDATE SET \
+             requests = usage_totals.requests + excluded.requests, \
+             input_tokens = usage_totals.input_tokens + excluded.input_tokens, \
+             output_tokens = usage_totals.output_tokens + excluded.output_tokens, \
+             cache_read_tokens = usage_totals.cache_read_tokens + excluded.cache_read_tokens, \
+             cache_write_5m_tokens = usage_totals.cache_write_5m_tokens + excluded.cache_write_5m_tokens, \
+             cache_write_1h_tokens = usage_totals.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
+             cost_nanos = usage_totals.cost_nanos + excluded.cost_nanos, \
+             fallback_requests = usage_totals.fallback_requests + excluded.fallback_requests",
+            sql::values(chunk.len(), 13)
+        );
+        let mut q = sqlx::query(&text);
+        for ((day, tenant, key, account, model), s) in chunk {
+            q = q
+                .bind(day.clone())
+                .bind(tenant.clone())
+                .bind(key.clone())
+                .bind(account.clone())
+                .bind(model.clone())
+                .bind(s.requests);
+            for t in s.tokens {
+                q = q.bind(t);
+            }
+            q = q.bind(s.cost_nanos).bind(s.fallback);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+pub(crate) fn totals_key(r: &LedgerRow) -> TotalsKey {
+    (
+        r.day.clone(),
+        r.tenant.clone(),
+        r.api_key.clone(),
+        r.account.clone(),
+        r.model.clone(),
+    )
+}
+
+#[async_trait::async_trait]
+impl Projection for UsageProjection {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error> {
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), Error> {
+        let mut seen = HashSet::new();
+        let mut rows = Vec::new();
+        for e in events {
+            if let Some(row) = self.row(e)? {
+                // A duplicate inside one batch keeps its first (lowest) position.
+                if seen.insert(row.event_id.clone()) {
+                    rows.push(row);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let inserted = insert_ledger(tx, &rows).await?;
+        let mut sums: BTreeMap<TotalsKey, Sums> = BTreeMap::new();
+        for r in rows.iter().filter(|r| inserted.contains(&r.event_id)) {
+            sums.entry(totals_key(r)).or_default().add(r);
+        }
+        add_totals(tx, &sums).await
+    }
+
+    async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
+        sqlx::query("DELETE FROM usage_totals")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM usage_ledger")
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! Integration tests of the projections crate: given events, expect rows; on SQLite and
+//! PostgreSQL (every test body runs on both).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    reason = "tests fail loudly and report timings"
+)]
+
+mod common;
+mod determinism;
+mod given_when_then;
+mod replay;
+mod runner;
