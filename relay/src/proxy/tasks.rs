@@ -41,10 +41,11 @@ async fn reload_loop(state: AppState, wake: Arc<Notify>) {
 /// adopts those this process did not publish itself.
 async fn fold_health(state: AppState) {
     let mut backoff = Duration::from_millis(500);
+    let mut after = 0;
     loop {
         let stream = tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            s = state.log.subscribe(0, Some(Category::Account)) => s,
+            s = state.log.subscribe(after, Some(Category::Account)) => s,
         };
         match stream {
             Ok(mut events) => loop {
@@ -54,6 +55,7 @@ async fn fold_health(state: AppState) {
                 };
                 match next {
                     Some(Ok(stored)) => {
+                        after = stored.position;
                         if let Event::AccountHealthChanged(h) = &stored.envelope.event {
                             if !state.proxy.own_events.contains(&stored.envelope.id) {
                                 state.proxy.pool.apply_remote(h, Utc::now());
@@ -78,31 +80,40 @@ async fn fold_health(state: AppState) {
 }
 
 /// Reloads accounts as soon as an administrative change to accounts is logged.
+/// Resubscribes after errors from the last position seen.
 async fn watch_admin(state: AppState, wake: Arc<Notify>) {
-    let head = match state.log.head().await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the log head; account changes apply on the periodic reload");
-            return;
+    let mut after = loop {
+        match state.log.head().await {
+            Ok(h) => break h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the log head; retrying");
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     };
-    let Ok(mut events) = state.log.subscribe(head, Some(Category::Admin)).await else {
-        return;
-    };
     loop {
-        let next = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            n = events.next() => n,
-        };
-        match next {
-            Some(Ok(stored)) => {
+        if let Ok(mut events) = state.log.subscribe(after, Some(Category::Admin)).await {
+            loop {
+                let next = tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    n = events.next() => n,
+                };
+                let Some(Ok(stored)) = next else { break };
+                after = stored.position;
                 if let Event::AdminAction(a) = &stored.envelope.event {
                     if a.action.starts_with("account.") {
                         wake.notify_one();
                     }
                 }
             }
-            _ => return,
+        }
+        // The periodic reload covers the gap until the subscription is back.
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
