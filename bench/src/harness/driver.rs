@@ -131,11 +131,11 @@ impl Recorder {
         self.ok + self.errors + self.shed
     }
 
-    /// Completed requests per second of wall time.
+    /// Successful requests per second of wall time.
     pub fn throughput(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
-            (self.ok + self.errors) as f64 / secs
+            self.ok as f64 / secs
         } else {
             0.0
         }
@@ -290,13 +290,15 @@ pub enum Stop {
     After(Duration),
 }
 
-/// `concurrency` workers each sending back-to-back requests.
+/// `concurrency` workers each sending back-to-back requests; worker i starts after
+/// `i × ramp / concurrency`, so connections are not all opened in the same instant.
 pub async fn closed_loop(
     client: &HttpClient,
     target: &Target,
     work: &Workload,
     concurrency: usize,
     stop: Stop,
+    ramp: Duration,
 ) -> Recorder {
     let started = Instant::now();
     let remaining = Arc::new(AtomicU64::new(match stop {
@@ -308,14 +310,17 @@ pub async fn closed_loop(
         Stop::Count(_) => None,
     };
     let mut workers = JoinSet::new();
-    for _ in 0..concurrency.max(1) {
+    let n = concurrency.max(1);
+    for i in 0..n {
         let (client, target, work, remaining) = (
             client.clone(),
             target.clone(),
             work.clone(),
             remaining.clone(),
         );
+        let start_at = started + ramp.mul_f64(i as f64 / n as f64);
         workers.spawn(async move {
+            tokio::time::sleep_until(start_at).await;
             let mut rec = Recorder::default();
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {

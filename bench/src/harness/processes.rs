@@ -23,6 +23,11 @@ impl Guard {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for Guard {
@@ -125,7 +130,17 @@ pub struct Relay {
     /// The relay-issued client key.
     pub key: String,
     /// Kept so the data directory lives as long as the relay.
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
+}
+
+impl Relay {
+    /// The last `lines` lines of the relay's log (stdout and stderr).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log =
+            std::fs::read_to_string(self.data_dir.path().join("relay.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 fn run_cli(bin: &Path, data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
@@ -219,7 +234,7 @@ pub async fn start_relay(bin: &Path, upstream_url: &str, upstream_key: &str) -> 
         guard,
         base_url,
         key,
-        _data_dir: data_dir,
+        data_dir,
     })
 }
 

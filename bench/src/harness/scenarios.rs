@@ -186,10 +186,30 @@ impl Bench {
         Ok(())
     }
 
+    /// Whether the relay still runs; on its death, notes the exit and its log tail once
+    /// and drops it from the targets.
+    fn relay_alive(&mut self) -> bool {
+        let Some(relay) = self.relay.as_mut() else {
+            return false;
+        };
+        let Some(status) = relay.guard.exited() else {
+            return true;
+        };
+        let tail = relay.log_tail(30);
+        self.note(&format!(
+            "\n**The relay process exited ({status}); relay measurements stop here.** Last lines of its log:\n\n```\n{tail}\n```\n"
+        ));
+        self.via_relay = None;
+        false
+    }
+
     /// Waits until the relay is idle (under 5 % of a core over 200 ms), so background
     /// work left over from the previous phase (publishing, projecting) neither disturbs
     /// the next phase nor is billed to it. Gives up after 60 s.
     async fn settle(&mut self) {
+        if !self.relay_alive() {
+            return;
+        }
         let Some(pid) = self.relay_pid() else { return };
         let started = tokio::time::Instant::now();
         loop {
@@ -232,7 +252,7 @@ impl Bench {
 
     async fn warm(&self, work: &Workload, n: u64) {
         for t in self.targets() {
-            let _ = closed_loop(&self.client, &t, work, 1, Stop::Count(n)).await;
+            let _ = closed_loop(&self.client, &t, work, 1, Stop::Count(n), Duration::ZERO).await;
         }
     }
 
@@ -283,7 +303,7 @@ impl Bench {
                 let work = work.clone();
                 let ph = self
                     .phase(t, |c, t| async move {
-                        closed_loop(&c, &t, &work, 1, Stop::Count(per_round)).await
+                        closed_loop(&c, &t, &work, 1, Stop::Count(per_round), Duration::ZERO).await
                     })
                     .await;
                 p50s[i].push(q(&ph.rec.total, 0.5));
@@ -357,10 +377,10 @@ impl Bench {
         self.warm(&work, self.sizes.warmup).await;
         let step = self.sizes.step;
         self.note(&format!(
-            "\n### 2. Throughput: small non-streaming requests, {} s per step\n\nClosed loop = fixed concurrency, back-to-back. Open loop = fixed arrival rate, latency from the intended send time (no coordinated omission); at most 8,000 in flight, the excess counted as errors. Driver, mock (1 worker) and relay share the 2 cores; CPU % columns are of one core (200 % = both cores).\n",
+            "\n### 2. Throughput: small non-streaming requests, {} s per step\n\nok req/s counts successful responses only; errors % = non-200, transport errors and shed requests; latency quantiles are over successful responses. Closed loop = fixed concurrency, back-to-back. Open loop = fixed arrival rate, latency from the intended send time (no coordinated omission); at most 8,000 in flight, the excess counted as errors. Driver, mock (1 worker) and relay share the 2 cores; CPU % columns are of one core (200 % = both cores).\n",
             step.as_secs()
         ));
-        self.note("| load | target | achieved req/s | p50 ms | p99 ms | p99.9 ms | errors % | relay CPU µs/req | relay CPU % | relay RSS peak MiB | mock CPU % | driver CPU % |");
+        self.note("| load | target | ok req/s | p50 ms | p99 ms | p99.9 ms | errors % | relay CPU µs/req | relay CPU % | relay RSS peak MiB | mock CPU % | driver CPU % |");
         self.note("|---|---|---|---|---|---|---|---|---|---|---|---|");
         #[derive(Clone, Copy)]
         enum Load {
@@ -388,7 +408,8 @@ impl Bench {
                     .phase(&t, |c, t| async move {
                         match load {
                             Load::Closed(n) => {
-                                closed_loop(&c, &t, &work, n, Stop::After(step)).await
+                                closed_loop(&c, &t, &work, n, Stop::After(step), Duration::ZERO)
+                                    .await
                             }
                             Load::Open(r) => open_loop(&c, &t, &work, r, step, 8000).await,
                         }
@@ -469,7 +490,7 @@ impl Bench {
                 let work = work.clone();
                 let ph = self
                     .phase(t, |c, t| async move {
-                        closed_loop(&c, &t, &work, 1, Stop::Count(n)).await
+                        closed_loop(&c, &t, &work, 1, Stop::Count(n), Duration::ZERO).await
                     })
                     .await;
                 ttfb50[i].push(q(&ph.rec.ttfb, 0.5));
@@ -532,8 +553,9 @@ impl Bench {
             stall_after: Some(hold.interval * 10),
         };
         self.warm(&work, 2).await;
+        let ramp = hold.interval * 20;
         self.note(&format!(
-            "\n**B. Concurrent streams**: at each step N workers each run 2 streams back to back (≈{} ms per stream: 20 deltas paced {} ms). Lost = a stream without all its events or without message_stop; stalled = a gap over 10× the pace.\n",
+            "\n**B. Concurrent streams**: at each step N workers (started evenly over one stream's duration) each run 2 streams back to back (≈{} ms per stream: 20 deltas paced {} ms). Lost = a stream without all its events or without message_stop; stalled = a gap over 10× the pace.\n",
             (hold.interval * 20).as_millis(),
             hold.interval.as_millis()
         ));
@@ -547,7 +569,7 @@ impl Bench {
                 let work = work.clone();
                 let ph = self
                     .phase(&t, |cl, t| async move {
-                        closed_loop(&cl, &t, &work, c, Stop::Count(2 * c as u64)).await
+                        closed_loop(&cl, &t, &work, c, Stop::Count(2 * c as u64), ramp).await
                     })
                     .await;
                 let rec = &ph.rec;

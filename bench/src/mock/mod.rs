@@ -376,7 +376,15 @@ impl MockUpstream {
 
     /// Starts a mock with `config` on `addr`.
     pub async fn bind(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockUpstream> {
-        let listener = TcpListener::bind(addr).await?;
+        // A deep accept backlog: benchmarks open thousands of connections at once.
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State::new(config));
         let task = tokio::spawn(serve(listener, state.clone()));
