@@ -225,7 +225,10 @@ pub async fn live_then_rebuild(db: &TestDb, log: Arc<dyn EventLog>, events: &[En
     assert_eq!(sums, totals);
 }
 
-both!(hundred_thousand_events_from_the_sqlite_log);
+both!(
+    hundred_thousand_events_from_the_sqlite_log,
+    hundred_thousand_events_from_jetstream
+);
 
 async fn hundred_thousand_events_from_the_sqlite_log(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
@@ -235,4 +238,14 @@ async fn hundred_thousand_events_from_the_sqlite_log(db: &TestDb) {
     let events = mixed_events(EVENTS, 42);
     live_then_rebuild(db, Arc::new(log.clone()), &events).await;
     log.close().await;
+}
+
+async fn hundred_thousand_events_from_jetstream(db: &TestDb) {
+    let mut server = nats::testing::NatsServer::start().await;
+    let log = nats::JetStreamLog::connect(&server.url(), nats::StreamSettings::default())
+        .await
+        .unwrap();
+    let events = mixed_events(EVENTS, 43);
+    live_then_rebuild(db, Arc::new(log), &events).await;
+    server.stop().await;
 }
