@@ -570,3 +570,44 @@ async fn wait_health(app: &TestApp, id: &schema::AccountId, want: HealthState) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The overload cooldown comes from the configuration.
+#[tokio::test]
+async fn overload_cooldown_is_configurable_and_recovers() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&["--overload-cooldown-secs", "1"]).await;
+    let a = app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    mock.script(KEY_A, [Step::overloaded()]);
+    let r = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 529, "the only account's answer, verbatim");
+    let events = app
+        .wait_events("overloaded", |e| health(e).len() == 1)
+        .await;
+    let h = health(&events)[0];
+    assert_eq!(
+        (h.to, h.reason),
+        (HealthState::Overloaded, HealthReason::Overloaded)
+    );
+    let cooldown = h.until.unwrap()
+        - events
+            .iter()
+            .find(|e| matches!(e.event, schema::Event::AccountHealthChanged(_)))
+            .unwrap()
+            .occurred_at;
+    assert!(
+        cooldown <= chrono::TimeDelta::milliseconds(1100),
+        "{cooldown}"
+    );
+    assert!(h.account == a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.messages(&body(false)).send().await.unwrap().status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        mock.request_count(),
+        2,
+        "no upstream traffic during the cooldown"
+    );
+    app.stop().await;
+}
