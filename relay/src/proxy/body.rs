@@ -250,6 +250,8 @@ impl ProxyBody {
                 let frame = Bytes::from(format!(
                     "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\"message\":{message}}}}}\n\n"
                 ));
+                // The tap sees what the client sees, so the request records the error.
+                self.tap.feed(&frame);
                 self.close(Completeness::UpstreamErrorPartial, Outcome::UpstreamError);
                 Poll::Ready(Some(Ok(Frame::data(frame))))
             }

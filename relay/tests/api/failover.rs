@@ -155,6 +155,17 @@ async fn mid_stream_errors_reach_the_client_and_are_not_retried() {
             (200, Outcome::UpstreamError, 1)
         );
     }
+    let types: Vec<_> = finished(&events)
+        .iter()
+        .map(|f| f.error_type.clone())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            Some("overloaded_error".to_owned()),
+            Some("api_error".to_owned())
+        ]
+    );
     app.stop().await;
 }
 
