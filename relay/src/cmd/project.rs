@@ -1,27 +1,157 @@
-//! `relay project` and the in-process projectors of `relay serve`.
-//! (Placeholder until the projections crate lands; replaced by the projections work.)
+//! `relay project` (scale mode: the projectors in their own process) and the
+//! in-process projectors of `relay serve` (embedded mode). Both run every projection
+//! of the `projections` crate, each with its own runner and database lease, so at most
+//! one process applies a given projection at a time.
 
 use super::Context;
 use crate::cli::ProjectArgs;
 use crate::config::CommonConfig;
+use anyhow::Context as _;
 use ingest::EventLog;
+use projections::{PriceTable, Projector, ProjectorOptions};
 use sqlx::AnyPool;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Runs the projectors until SIGINT/SIGTERM.
-pub async fn run(_ctx: &Context, _args: &ProjectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("relay project is not available in this build yet")
+/// How often the projectors' lag is logged.
+const LAG_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// The price table: `PRICE_TABLE` when set, else the one shipped in the binary.
+pub fn price_table(common: &CommonConfig) -> anyhow::Result<Arc<PriceTable>> {
+    let table = match &common.price_table {
+        Some(path) => PriceTable::from_file(path)
+            .with_context(|| format!("cannot load PRICE_TABLE {}", path.display()))?,
+        None => PriceTable::embedded().context("the embedded price table is invalid")?,
+    };
+    Ok(Arc::new(table))
 }
 
-/// Starts the projectors inside a serving process.
+/// Runs the projectors until SIGINT/SIGTERM.
+pub async fn run(ctx: &Context, _args: &ProjectArgs) -> anyhow::Result<()> {
+    let prices = price_table(&ctx.common)?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(cancel_on_signal(shutdown.clone()));
+    start(
+        ctx.db.clone(),
+        ctx.log.clone(),
+        prices,
+        &tracker,
+        shutdown.clone(),
+    );
+    tracing::info!(
+        backend = ctx.log.backend(),
+        projections = ?projections::PROJECTION_NAMES,
+        "projectors running"
+    );
+    shutdown.cancelled().await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Starts the projectors inside a serving process. A bad `PRICE_TABLE` is logged and
+/// the projectors are not started (the proxy keeps serving; events wait in the log).
 pub fn spawn_projectors(
-    _db: AnyPool,
-    _log: Arc<dyn EventLog>,
-    _common: &CommonConfig,
-    _tracker: &TaskTracker,
-    _shutdown: CancellationToken,
+    db: AnyPool,
+    log: Arc<dyn EventLog>,
+    common: &CommonConfig,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
 ) {
-    tracing::warn!("projectors are not available in this build yet");
+    match price_table(common) {
+        Ok(prices) => start(db, log, prices, tracker, shutdown),
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "projectors not started"),
+    }
+}
+
+/// Starts the request-log retention job: every hour, deletes request-log rows older
+/// than `months` months (30-day months). `months = 0` keeps everything.
+pub fn spawn_retention(
+    db: AnyPool,
+    months: u32,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    if months == 0 {
+        return;
+    }
+    tracker.spawn(async move {
+        loop {
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(30 * i64::from(months));
+            match projections::requests::prune_request_log(&db, cutoff.timestamp_millis()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, months, "request log pruned"),
+                Err(e) => tracing::warn!(error = %e, "request-log retention failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+        }
+    });
+}
+
+fn start(
+    db: AnyPool,
+    log: Arc<dyn EventLog>,
+    prices: Arc<PriceTable>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let opts = ProjectorOptions::default();
+    for projection in projections::all(prices) {
+        let projector =
+            Projector::new(db.clone(), log.clone(), projection).with_options(opts.clone());
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let name = projector.name();
+            let mut lag = projector.lag();
+            let reporter = async {
+                loop {
+                    tokio::time::sleep(LAG_REPORT_EVERY).await;
+                    let l = *lag.borrow_and_update();
+                    tracing::info!(
+                        projection = name,
+                        checkpoint = l.checkpoint,
+                        head = l.head,
+                        behind = l.behind(),
+                        "projector lag"
+                    );
+                }
+            };
+            tokio::select! {
+                result = projector.run(token) => {
+                    if let Err(e) = result {
+                        tracing::error!(projection = name, error = %e, "projector stopped");
+                    }
+                }
+                _ = reporter => {}
+            }
+        });
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = shutdown.cancelled() => return,
+    }
+    tracing::info!("shutdown requested; stopping projectors");
+    shutdown.cancel();
 }

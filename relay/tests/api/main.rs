@@ -7,6 +7,7 @@
 
 mod auth_input;
 mod cli;
+mod cli_projections;
 mod clients;
 mod failover;
 mod forwarding;
