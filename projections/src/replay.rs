@@ -14,10 +14,10 @@ use sqlx::{AnyPool, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Resets and replays the projection named `which` (or every one for `"all"`), one
-/// after the other. Each reset (rows and checkpoint) is one transaction, then the log
-/// is replayed up to its head as of the reset. `progress` receives the projection name
-/// and its lag after every batch. Fails with `LeaseHeld` while another runner (e.g. a
+/// Resets and replays the projection named `which` (or every one for `"all"`). The
+/// reset (rows and checkpoints) is one transaction, then the log is replayed once, up
+/// to its head as of the reset, into every chosen projection. `progress` receives
+/// `which` and the lag after every batch. Fails with `LeaseHeld` while another runner (e.g. a
 /// running relay) owns a projection: stop it first.
 pub async fn rebuild(
     db: &AnyPool,
@@ -34,15 +34,17 @@ pub async fn rebuild(
     if chosen.is_empty() {
         return Err(Error::UnknownProjection(which.to_owned()));
     }
-    let mut out = Vec::with_capacity(chosen.len());
-    for p in chosen {
-        let name = p.name();
-        let projector = Projector::new(db.clone(), log.clone(), p.clone());
-        let mut report = |lag: Lag| progress(name, lag);
-        let at = projector.rebuild(&mut report).await?;
-        out.push((name.to_owned(), at));
-    }
-    Ok(out)
+    // One group: the log is read and decoded once for every chosen projection.
+    let label = if which == "all" {
+        "all"
+    } else {
+        chosen[0].name()
+    };
+    let names: Vec<String> = chosen.iter().map(|p| p.name().to_owned()).collect();
+    let projector = Projector::group(db.clone(), log, chosen.into_iter().cloned().collect());
+    let mut report = |lag: Lag| progress(label, lag);
+    let at = projector.rebuild(&mut report).await?;
+    Ok(names.into_iter().map(|n| (n, at)).collect())
 }
 
 /// Cost change of one tenant after [`reprice`].

@@ -103,11 +103,16 @@ impl Default for ProjectorOptions {
     }
 }
 
-/// Feeds one projection from the event log. See the module docs.
+/// Feeds one projection, or a group of projections sharing one subscription, from the
+/// event log. See the module docs.
+///
+/// A group reads and decodes the log once for all its members; each member keeps its
+/// own checkpoint and lease, and one transaction per batch applies the batch to every
+/// member that has not seen it yet and advances each member's checkpoint.
 pub struct Projector {
     db: AnyPool,
     log: Arc<dyn EventLog>,
-    projection: Arc<dyn Projection>,
+    projections: Vec<Arc<dyn Projection>>,
     opts: ProjectorOptions,
     lag: watch::Sender<Lag>,
 }
@@ -233,13 +238,23 @@ pub(crate) async fn release_lease(db: &AnyPool, name: &str, holder: &str) {
 }
 
 impl Projector {
-    /// A projector with default options.
+    /// A projector for one projection, with default options.
     pub fn new(db: AnyPool, log: Arc<dyn EventLog>, projection: Arc<dyn Projection>) -> Self {
+        Self::group(db, log, vec![projection])
+    }
+
+    /// A projector for several projections sharing one subscription, with default
+    /// options. Members must have distinct names.
+    pub fn group(
+        db: AnyPool,
+        log: Arc<dyn EventLog>,
+        projections: Vec<Arc<dyn Projection>>,
+    ) -> Self {
         let (lag, _) = watch::channel(Lag::default());
         Self {
             db,
             log,
-            projection,
+            projections,
             opts: ProjectorOptions::default(),
             lag,
         }
@@ -251,25 +266,33 @@ impl Projector {
         self
     }
 
-    /// The projection's name.
-    pub fn name(&self) -> &'static str {
-        self.projection.name()
+    /// The member projections' names joined with `+` (one name for a single
+    /// projection).
+    pub fn name(&self) -> String {
+        self.names().join("+")
     }
 
-    /// Watches the lag; updated after every batch and on the lease timer.
+    /// The member projections' names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|p| p.name()).collect()
+    }
+
+    /// Watches the lag (the checkpoint is the lowest of the members'); updated after
+    /// every batch and on the lease timer.
     pub fn lag(&self) -> watch::Receiver<Lag> {
         self.lag.subscribe()
     }
 
     /// Reads the current lag from the database and the log.
     pub async fn current_lag(&self) -> Result<Lag, Error> {
+        let at = self.checkpoints().await?.into_iter().min().unwrap_or(0);
         Ok(Lag {
-            checkpoint: checkpoint(&self.db, self.name()).await?,
+            checkpoint: at,
             head: self.log.head().await?,
         })
     }
 
-    /// Runs until `shutdown` is cancelled: waits for the lease, then applies events as
+    /// Runs until `shutdown` is cancelled: waits for the leases, then applies events as
     /// they arrive. Errors are logged and retried with back-off; the function returns
     /// only on shutdown.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), Error> {
@@ -280,9 +303,9 @@ impl Projector {
         }
     }
 
-    /// Applies events until the checkpoint reaches the log's head as of this call, then
-    /// returns the checkpoint. Fails fast (`LeaseHeld`) when another runner holds the
-    /// lease, and returns the first error instead of retrying.
+    /// Applies events until every checkpoint reaches the log's head as of this call,
+    /// then returns the lowest checkpoint. Fails fast (`LeaseHeld`) when another runner
+    /// holds a lease, and returns the first error instead of retrying.
     pub async fn run_until_caught_up(&self) -> Result<Position, Error> {
         let mut noop = |_: Lag| {};
         self.run_until_caught_up_with(&mut noop).await
@@ -298,22 +321,24 @@ impl Projector {
             .await
     }
 
-    /// Resets the projection (its rows and checkpoint, in one transaction) and replays
-    /// the log up to its head as of the reset. Takes the lease like a runner, so it
-    /// fails with `LeaseHeld` while another runner is active.
+    /// Resets every member (rows and checkpoints, in one transaction) and replays the
+    /// log up to its head as of the reset. Takes the leases like a runner, so it fails
+    /// with `LeaseHeld` while another runner is active.
     pub async fn rebuild(&self, progress: &mut (dyn FnMut(Lag) + Send)) -> Result<Position, Error> {
         self.acquire_or_fail().await?;
         let result = async {
             let mut tx = self.db.begin().await?;
             self.renew_in(&mut tx).await?;
-            self.projection.reset(&mut tx).await?;
-            sqlx::query(
-                "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, 0) \
-                 ON CONFLICT (projection) DO UPDATE SET last_seq = 0",
-            )
-            .bind(self.name())
-            .execute(&mut *tx)
-            .await?;
+            for p in &self.projections {
+                p.reset(&mut tx).await?;
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, 0) \
+                     ON CONFLICT (projection) DO UPDATE SET last_seq = 0",
+                )
+                .bind(p.name())
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             let target = self.log.head().await?;
             self.drive_leased(Some(target), &CancellationToken::new(), progress)
@@ -322,6 +347,14 @@ impl Projector {
         .await;
         self.release().await;
         result
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Position>, Error> {
+        let mut out = Vec::with_capacity(self.projections.len());
+        for p in &self.projections {
+            out.push(checkpoint(&self.db, p.name()).await?);
+        }
+        Ok(out)
     }
 
     async fn drive(
@@ -339,7 +372,7 @@ impl Projector {
                     Ok(true) => break,
                     Ok(false) => backoff = backoff.max(self.opts.lease_ttl / 3),
                     Err(e) => {
-                        tracing::warn!(projection = self.name(), error = %e, "cannot take lease");
+                        tracing::warn!(projection = %self.name(), error = %e, "cannot take lease");
                     }
                 }
                 tokio::select! {
@@ -366,14 +399,14 @@ impl Projector {
                 Ok(p) => return Ok(p),
                 Err(e) if target.is_some() => return Err(e),
                 Err(e) => {
-                    tracing::warn!(projection = self.name(), error = %e, "projector error; re-subscribing");
+                    tracing::warn!(projection = %self.name(), error = %e, "projector error; re-subscribing");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Err(Error::Cancelled),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(self.opts.retry_max);
                     if matches!(e, Error::LeaseLost(_)) {
-                        // Another runner took over; wait for the lease again.
+                        // Another runner took over; wait for the leases again.
                         while !self.acquire().await.unwrap_or(false) {
                             tokio::select! {
                                 _ = shutdown.cancelled() => return Err(Error::Cancelled),
@@ -386,20 +419,21 @@ impl Projector {
         }
     }
 
-    /// One subscription: from the stored checkpoint until the target, shutdown or an
-    /// error.
+    /// One subscription: from the lowest stored checkpoint until the target, shutdown
+    /// or an error.
     async fn session(
         &self,
         target: Option<Position>,
         shutdown: &CancellationToken,
         progress: &mut (dyn FnMut(Lag) + Send),
     ) -> Result<Position, Error> {
-        let mut at = checkpoint(&self.db, self.name()).await?;
-        self.report(at, progress).await;
-        if target.is_some_and(|t| at >= t) {
-            return Ok(at);
+        let mut at = self.checkpoints().await?;
+        let low = |at: &[Position]| at.iter().copied().min().unwrap_or(0);
+        self.report(low(&at), progress).await;
+        if target.is_some_and(|t| low(&at) >= t) {
+            return Ok(low(&at));
         }
-        let stream = self.log.subscribe(at, None).await?;
+        let stream = self.log.subscribe(low(&at), None).await?;
         let mut chunks = stream.ready_chunks(self.opts.batch_size.max(1));
         let mut renew =
             tokio::time::interval((self.opts.lease_ttl / 3).max(Duration::from_millis(10)));
@@ -407,11 +441,11 @@ impl Projector {
         renew.tick().await;
         loop {
             let chunk = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(at),
+                _ = shutdown.cancelled() => return Ok(low(&at)),
                 _ = renew.tick() => {
                     let mut conn = self.db.acquire().await?;
                     self.renew_in(&mut conn).await?;
-                    self.report(at, progress).await;
+                    self.report(low(&at), progress).await;
                     continue;
                 }
                 chunk = chunks.next() => chunk,
@@ -431,28 +465,34 @@ impl Projector {
                 }
             }
             if !events.is_empty() {
-                at = self.commit(events, at).await?;
-                self.report(at, progress).await;
+                at = self.commit(&events, at).await?;
+                self.report(low(&at), progress).await;
             }
             if let Some(e) = failure {
                 return Err(e.into());
             }
-            if target.is_some_and(|t| at >= t) {
-                return Ok(at);
+            if target.is_some_and(|t| low(&at) >= t) {
+                return Ok(low(&at));
             }
         }
     }
 
-    async fn commit(&self, events: Vec<StoredEvent>, at: Position) -> Result<Position, Error> {
-        let fresh: Vec<StoredEvent> = events.into_iter().filter(|e| e.position > at).collect();
-        let Some(last) = fresh.iter().map(|e| e.position).max() else {
+    /// Applies `events` to every member that has not seen them, in one transaction
+    /// with the checkpoints; returns the new checkpoints.
+    async fn commit(
+        &self,
+        events: &[StoredEvent],
+        at: Vec<Position>,
+    ) -> Result<Vec<Position>, Error> {
+        let Some(last) = events.iter().map(|e| e.position).max() else {
             return Ok(at);
         };
+        let low = at.iter().copied().min().unwrap_or(0);
         // A projector that meets a payload version newer than this build stops rather
         // than skipping it: skipping would corrupt billing.
-        if let Some(e) = fresh
+        if let Some(e) = events
             .iter()
-            .find(|e| e.envelope.version > e.envelope.event.current_version())
+            .find(|e| e.position > low && e.envelope.version > e.envelope.event.current_version())
         {
             return Err(Error::UnsupportedVersion {
                 position: e.position,
@@ -460,16 +500,31 @@ impl Projector {
                 version: e.envelope.version,
             });
         }
+        if last <= low {
+            return Ok(at);
+        }
         let mut tx = self.db.begin().await?;
         // The lease renewal goes first: it takes SQLite's write lock at the start of
         // the transaction and fences out a runner whose lease was taken over.
         self.renew_in(&mut tx).await?;
-        self.projection.apply_batch(&mut tx, &fresh).await?;
-        if !advance_checkpoint(&mut tx, self.name(), last).await? {
-            return Err(Error::CheckpointConflict(self.name().to_owned()));
+        let mut next = at.clone();
+        for ((p, from), to) in self.projections.iter().zip(&at).zip(next.iter_mut()) {
+            if last <= *from {
+                continue;
+            }
+            let fresh: Vec<StoredEvent> = events
+                .iter()
+                .filter(|e| e.position > *from)
+                .cloned()
+                .collect();
+            p.apply_batch(&mut tx, &fresh).await?;
+            if !advance_checkpoint(&mut tx, p.name(), last).await? {
+                return Err(Error::CheckpointConflict(p.name().to_owned()));
+            }
+            *to = last;
         }
         tx.commit().await?;
-        Ok(last)
+        Ok(next)
     }
 
     async fn report(&self, at: Position, progress: &mut (dyn FnMut(Lag) + Send)) {
@@ -485,37 +540,49 @@ impl Projector {
         progress(lag);
     }
 
+    /// Takes every member's lease, or none.
     async fn acquire(&self) -> Result<bool, Error> {
-        try_lease(
-            &self.db,
-            self.name(),
-            &self.opts.holder,
-            self.opts.lease_ttl,
-        )
-        .await
+        for (i, p) in self.projections.iter().enumerate() {
+            let taken = try_lease(&self.db, p.name(), &self.opts.holder, self.opts.lease_ttl).await;
+            if !matches!(taken, Ok(true)) {
+                for q in &self.projections[..i] {
+                    release_lease(&self.db, q.name(), &self.opts.holder).await;
+                }
+                return taken;
+            }
+        }
+        Ok(true)
     }
 
     async fn acquire_or_fail(&self) -> Result<(), Error> {
-        lease_or_fail(
-            &self.db,
-            self.name(),
-            &self.opts.holder,
-            self.opts.lease_ttl,
-        )
-        .await
+        for (i, p) in self.projections.iter().enumerate() {
+            if let Err(e) =
+                lease_or_fail(&self.db, p.name(), &self.opts.holder, self.opts.lease_ttl).await
+            {
+                for q in &self.projections[..i] {
+                    release_lease(&self.db, q.name(), &self.opts.holder).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     async fn renew_in(&self, conn: &mut AnyConnection) -> Result<(), Error> {
-        renew_lease(conn, self.name(), &self.opts.holder, self.opts.lease_ttl).await
+        for p in &self.projections {
+            renew_lease(conn, p.name(), &self.opts.holder, self.opts.lease_ttl).await?;
+        }
+        Ok(())
     }
 
     async fn release(&self) {
-        release_lease(&self.db, self.name(), &self.opts.holder).await;
+        for p in &self.projections {
+            release_lease(&self.db, p.name(), &self.opts.holder).await;
+        }
     }
 }
 
-/// Runs every projection in `projections` until `shutdown`, each with its own runner
-/// task; returns when all have stopped.
+/// Runs `projections` as one group (one subscription, one task) until `shutdown`.
 pub async fn run_all(
     db: AnyPool,
     log: Arc<dyn EventLog>,
@@ -523,21 +590,8 @@ pub async fn run_all(
     opts: ProjectorOptions,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in projections {
-        let projector = Projector::new(db.clone(), log.clone(), p).with_options(opts.clone());
-        let token = shutdown.clone();
-        tasks.spawn(async move { projector.run(token).await });
-    }
-    let mut first_error = None;
-    while let Some(done) = tasks.join_next().await {
-        let outcome = match done {
-            Ok(r) => r,
-            Err(e) => Err(Error::Corrupt(format!("projector task failed: {e}"))),
-        };
-        if let Err(e) = outcome {
-            first_error.get_or_insert(e);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
+    Projector::group(db, log, projections)
+        .with_options(opts)
+        .run(shutdown)
+        .await
 }

@@ -109,6 +109,35 @@ pub async fn run_live_with(
     }
 }
 
+/// Runs `ps` as one group with `run()` until every checkpoint reaches the head.
+pub async fn run_live_group(
+    db: &sqlx::AnyPool,
+    log: Arc<dyn EventLog>,
+    ps: Vec<Arc<dyn Projection>>,
+) {
+    let names: Vec<&'static str> = ps.iter().map(|p| p.name()).collect();
+    let projector = Projector::group(db.clone(), log.clone(), ps);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move { projector.run(token).await });
+    let head = log.head().await.unwrap();
+    wait_for("the group to catch up", || {
+        let db = db.clone();
+        let names = names.clone();
+        async move {
+            for n in names {
+                if projections::runner::checkpoint(&db, n).await.unwrap() < head {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
 async fn failure_mid_batch_then_restart_gives_identical_rows(db: &TestDb) {
     let log = MemLog::new();
     log.push_all(&workload(2_000));

@@ -101,37 +101,33 @@ fn start(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let opts = ProjectorOptions::default();
-    for projection in projections::all(prices) {
-        let projector =
-            Projector::new(db.clone(), log.clone(), projection).with_options(opts.clone());
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let name = projector.name();
-            let mut lag = projector.lag();
-            let reporter = async {
-                loop {
-                    tokio::time::sleep(LAG_REPORT_EVERY).await;
-                    let l = *lag.borrow_and_update();
-                    tracing::info!(
-                        projection = name,
-                        checkpoint = l.checkpoint,
-                        head = l.head,
-                        behind = l.behind(),
-                        "projector lag"
-                    );
-                }
-            };
-            tokio::select! {
-                result = projector.run(token) => {
-                    if let Err(e) = result {
-                        tracing::error!(projection = name, error = %e, "projector stopped");
-                    }
-                }
-                _ = reporter => {}
+    // One group: the log is read and decoded once for every projection; each keeps
+    // its own checkpoint and lease.
+    let projector = Projector::group(db, log, projections::all(prices))
+        .with_options(ProjectorOptions::default());
+    tracker.spawn(async move {
+        let mut lag = projector.lag();
+        let reporter = async {
+            loop {
+                tokio::time::sleep(LAG_REPORT_EVERY).await;
+                let l = *lag.borrow_and_update();
+                tracing::info!(
+                    checkpoint = l.checkpoint,
+                    head = l.head,
+                    behind = l.behind(),
+                    "projector lag"
+                );
             }
-        });
-    }
+        };
+        tokio::select! {
+            result = projector.run(shutdown) => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "projectors stopped");
+                }
+            }
+            _ = reporter => {}
+        }
+    });
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
