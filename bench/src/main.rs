@@ -46,7 +46,7 @@ struct Cli {
 /// Scenarios (numbers as in the benchmark issue).
 #[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
 enum Scenario {
-    /// 1, 6, 2 and 3.
+    /// 1, 6, 2, 3, 4 and 5.
     All,
     /// 1: added latency at concurrency 1.
     Latency,
@@ -56,6 +56,10 @@ enum Scenario {
     Throughput,
     /// 3: streaming TTFB, gaps and concurrent streams.
     Streaming,
+    /// 4: response end → usage visible in the totals (embedded and JetStream).
+    Pipeline,
+    /// 5: event-log append and projection replay throughput (no relay needed).
+    Replay,
 }
 
 fn machine() -> String {
@@ -101,6 +105,23 @@ async fn run(cli: &Cli) -> Result<String> {
     }
     if matches!(s, Scenario::All | Scenario::Streaming) {
         bench.streaming().await?;
+    }
+    if matches!(s, Scenario::All | Scenario::Pipeline) {
+        bench.pipeline().await?;
+    }
+    if matches!(s, Scenario::All | Scenario::Replay) {
+        let n = if cli.quick { 20_000 } else { 1_000_000 };
+        let _ = writeln!(std::io::stderr(), "bench: replay over {n} events");
+        match harness::replay::run(n).await {
+            Ok(section) => bench.report.push_str(&section),
+            Err(e) => bench.report.push_str(&format!(
+                "
+### 5. Event log and replay throughput
+
+Failed: {e:#}
+"
+            )),
+        }
     }
     bench.finish();
     let header = format!(

@@ -4,10 +4,12 @@
 //! - [`processes`]: the mock and the relay as child processes;
 //! - [`procfs`]: CPU and RSS of the relay from /proc;
 //! - [`workload`]: request bodies (small, Claude-Code-sized);
+//! - [`replay`]: event-log append and projection replay throughput;
 //! - [`scenarios`]: the scenarios and their markdown tables.
 
 pub mod driver;
 pub mod processes;
 pub mod procfs;
+pub mod replay;
 pub mod scenarios;
 pub mod workload;

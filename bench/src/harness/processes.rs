@@ -127,8 +127,12 @@ pub struct Relay {
     pub guard: Guard,
     /// `http://127.0.0.1:PORT`.
     pub base_url: String,
-    /// The relay-issued client key.
+    /// The relay-issued client key (tenant `default`).
     pub key: String,
+    /// A second key, tenant `probe`, for the pipeline probe.
+    pub probe_key: String,
+    /// The relay's read-model database.
+    pub db_url: String,
     /// Kept so the data directory lives as long as the relay.
     data_dir: tempfile::TempDir,
 }
@@ -143,9 +147,16 @@ impl Relay {
     }
 }
 
-fn run_cli(bin: &Path, data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+fn run_cli(
+    bin: &Path,
+    data_dir: &Path,
+    env: &[(&str, String)],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
     let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("DATA_DIR", data_dir)
         .env("LOG_LEVEL", "warn")
         .stdin(if stdin.is_some() {
@@ -172,9 +183,25 @@ fn run_cli(bin: &Path, data_dir: &Path, args: &[&str], stdin: Option<&str>) -> R
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn last_line(out: &str) -> Result<String> {
+    Ok(out
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .ok_or_else(|| anyhow!("relay keys create printed no key"))?
+        .to_owned())
+}
+
 /// Sets up a fresh relay (temp DATA_DIR, one account at `upstream_url` with
-/// `upstream_key`, one client key) and starts `relay serve`.
-pub async fn start_relay(bin: &Path, upstream_url: &str, upstream_key: &str) -> Result<Relay> {
+/// `upstream_key`, a client key and a probe key) and starts `relay serve` with the extra
+/// environment `env` (e.g. `NATS_URL`).
+pub async fn start_relay(
+    bin: &Path,
+    upstream_url: &str,
+    upstream_key: &str,
+    env: &[(&str, String)],
+) -> Result<Relay> {
     if !bin.exists() {
         bail!(
             "relay binary not found at {} (build it: cargo build --release -p relay)",
@@ -182,9 +209,11 @@ pub async fn start_relay(bin: &Path, upstream_url: &str, upstream_key: &str) -> 
         );
     }
     let data_dir = tempfile::tempdir()?;
+    let dir = data_dir.path();
     run_cli(
         bin,
-        data_dir.path(),
+        dir,
+        env,
         &[
             "accounts",
             "add",
@@ -195,23 +224,26 @@ pub async fn start_relay(bin: &Path, upstream_url: &str, upstream_key: &str) -> 
         ],
         Some(upstream_key),
     )?;
-    let out = run_cli(
+    let key = last_line(&run_cli(
         bin,
-        data_dir.path(),
+        dir,
+        env,
         &["keys", "create", "--name", "bench"],
         None,
-    )?;
-    let key = out
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .ok_or_else(|| anyhow!("relay keys create printed no key"))?
-        .to_owned();
+    )?)?;
+    let probe_key = last_line(&run_cli(
+        bin,
+        dir,
+        env,
+        &["keys", "create", "--name", "probe", "--tenant", "probe"],
+        None,
+    )?)?;
+    let db_url = format!("sqlite://{}", dir.join("relay.db").display());
     let port = free_port()?;
     let log = std::fs::File::create(data_dir.path().join("relay.log"))?;
     let child = Command::new(bin)
         .arg("serve")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("DATA_DIR", data_dir.path())
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
@@ -234,6 +266,8 @@ pub async fn start_relay(bin: &Path, upstream_url: &str, upstream_key: &str) -> 
         guard,
         base_url,
         key,
+        probe_key,
+        db_url,
         data_dir,
     })
 }
@@ -254,4 +288,44 @@ async fn wait_healthy(base_url: &str, timeout: Duration) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A private nats-server with JetStream (`$NATS_SERVER_BIN` or `nats-server` on PATH).
+pub struct Nats {
+    /// The server process.
+    _guard: Guard,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    _store: tempfile::TempDir,
+}
+
+/// Starts nats-server with JetStream on a free port; waits until it accepts connections.
+pub async fn start_nats() -> Result<Nats> {
+    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+    let store = tempfile::tempdir()?;
+    let port = free_port()?;
+    let child = Command::new(&bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawn {bin}"))?;
+    let guard = Guard { child };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("nats-server did not listen on {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Nats {
+        _guard: guard,
+        url: format!("nats://127.0.0.1:{port}"),
+        _store: store,
+    })
 }

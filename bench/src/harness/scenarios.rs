@@ -9,7 +9,9 @@ use anyhow::Result;
 use hdrhistogram::Histogram;
 
 use super::driver::{client, closed_loop, open_loop, HttpClient, Recorder, Stop, Target, Workload};
-use super::processes::{free_port, start_mock, start_relay, Guard, MockSettings, Relay};
+use super::processes::{
+    free_port, start_mock, start_nats, start_relay, Guard, MockSettings, Relay,
+};
 use super::procfs::{rss_kib, CpuMeter, RssSampler};
 use super::workload;
 
@@ -68,6 +70,7 @@ pub struct Bench {
     pub sizes: Sizes,
     client: HttpClient,
     mock_bin: PathBuf,
+    relay_bin: Option<PathBuf>,
     mock_port: u16,
     mock: Option<Guard>,
     relay: Option<Relay>,
@@ -144,9 +147,9 @@ impl Bench {
         let mock = start_mock(&mock_bin, mock_port, &MockSettings::default())?;
         let mock_url = format!("http://127.0.0.1:{mock_port}");
         let direct = target("direct", &mock_url, UPSTREAM_KEY)?;
-        let (relay, via_relay, idle) = match relay_bin {
+        let (relay, via_relay, idle) = match &relay_bin {
             Some(bin) => {
-                let relay = start_relay(&bin, &mock_url, UPSTREAM_KEY).await?;
+                let relay = start_relay(bin, &mock_url, UPSTREAM_KEY, &[]).await?;
                 let idle = rss_kib(relay.guard.pid());
                 let t = target("relay", &relay.base_url, &relay.key)?;
                 (Some(relay), Some(t), idle)
@@ -157,6 +160,7 @@ impl Bench {
             sizes,
             client: client(),
             mock_bin,
+            relay_bin,
             mock_port,
             mock: Some(mock),
             relay,
@@ -611,6 +615,165 @@ impl Bench {
         }
         self.restart_mock(&MockSettings::default()).await?;
         Ok(())
+    }
+
+    /// Scenario 4: response end → usage visible in the usage totals, read with
+    /// `projections::read::usage_totals` (the admin API's query) on the relay's database,
+    /// under background load; embedded event log and JetStream.
+    pub async fn pipeline(&mut self) -> Result<()> {
+        let Some(embedded) = self.relay.as_ref().map(|relay| {
+            (
+                target("relay", &relay.base_url, &relay.key),
+                target("probe", &relay.base_url, &relay.probe_key),
+                relay.db_url.clone(),
+            )
+        }) else {
+            return Ok(());
+        };
+        let embedded = (embedded.0?, embedded.1?, embedded.2);
+        let dur = if self.sizes.rounds < 5 {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_secs(10)
+        };
+        self.note(&format!(
+            "\n### 4. Pipeline: response end → usage visible in the totals\n\nA probe key (tenant `probe`) sends one non-streaming request at a time; after each response has been read to the end, the harness polls `projections::read::usage_totals` (tenant `probe`, the admin API's query) on the relay's database every 1 ms until the probe's usage event is counted. Background load from another key at the stated open-loop rate; {} s per step. Lag includes the 1 ms polling granularity.\n",
+            dur.as_secs()
+        ));
+        self.note("| event log | background rate | probes | p50 ms | p99 ms | max ms | not visible within 10 s | background errors % |");
+        self.note("|---|---|---|---|---|---|---|---|");
+        for rate in [100.0, 1000.0] {
+            Self::progress(&format!("pipeline: embedded, {rate}/s"));
+            self.settle().await;
+            let row = self.pipeline_step(&embedded, rate, dur).await?;
+            self.note(&format!("| embedded SQLite | {rate:.0}/s | {row}"));
+        }
+        // JetStream: a second relay on a private nats-server, same mock.
+        let nats = match start_nats().await {
+            Ok(n) => n,
+            Err(e) => {
+                self.note(&format!("\nJetStream not measured: {e:#}"));
+                return Ok(());
+            }
+        };
+        let Some(bin) = self.relay_bin.clone() else {
+            return Ok(());
+        };
+        let mock_url = format!("http://127.0.0.1:{}", self.mock_port);
+        let js_relay = match start_relay(
+            &bin,
+            &mock_url,
+            UPSTREAM_KEY,
+            &[("NATS_URL", nats.url.clone())],
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.note(&format!(
+                    "\nJetStream not measured: the relay did not start with NATS_URL: {e:#}"
+                ));
+                return Ok(());
+            }
+        };
+        let js = (
+            target("relay", &js_relay.base_url, &js_relay.key)?,
+            target("probe", &js_relay.base_url, &js_relay.probe_key)?,
+            js_relay.db_url.clone(),
+        );
+        for rate in [100.0, 1000.0] {
+            Self::progress(&format!("pipeline: JetStream, {rate}/s"));
+            let row = self.pipeline_step(&js, rate, dur).await?;
+            self.note(&format!("| JetStream | {rate:.0}/s | {row}"));
+        }
+        drop(js_relay);
+        drop(nats);
+        Ok(())
+    }
+
+    /// One pipeline step; returns the table row after the first two columns.
+    async fn pipeline_step(
+        &self,
+        (bench_t, probe_t, db_url): &(Target, Target, String),
+        rate: f64,
+        dur: Duration,
+    ) -> Result<String> {
+        use projections::read::{usage_totals, GroupBy, Period, UsageFilter};
+        let db = projections::connect(db_url).await?;
+        let today = chrono::Utc::now().date_naive();
+        let filter = UsageFilter {
+            tenant: Some("probe".to_owned()),
+            api_key: None,
+            account: None,
+            model: None,
+            from_day: today - chrono::Days::new(1),
+            to_day: today + chrono::Days::new(1),
+            period: Period::Total,
+            group_by: GroupBy::default(),
+            tz_offset_minutes: 0,
+        };
+        let seen =
+            |rows: Vec<projections::read::UsageRow>| rows.iter().map(|r| r.requests).sum::<u64>();
+        let mut base = seen(usage_totals(&db, &filter).await?);
+        let work = Workload {
+            body: workload::small(false),
+            headers: Vec::new(),
+            stream: false,
+            expected_events: 0,
+            stall_after: None,
+        };
+        let background = {
+            let (c, t, w) = (self.client.clone(), bench_t.clone(), work.clone());
+            tokio::spawn(async move { open_loop(&c, &t, &w, rate, dur, 8000).await })
+        };
+        let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let (mut probes, mut missing) = (0u64, 0u64);
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < dur {
+            let r = closed_loop(
+                &self.client,
+                probe_t,
+                &work,
+                1,
+                Stop::Count(1),
+                Duration::ZERO,
+            )
+            .await;
+            let ended = tokio::time::Instant::now();
+            if r.ok != 1 {
+                continue;
+            }
+            probes += 1;
+            loop {
+                let n = seen(usage_totals(&db, &filter).await?);
+                if n > base {
+                    base = n;
+                    let us = u64::try_from(ended.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let _ = lag.record(us.clamp(1, 600_000_000));
+                    break;
+                }
+                if ended.elapsed() > Duration::from_secs(10) {
+                    missing += 1;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let bg = background.await.unwrap_or_default();
+        db.close().await;
+        if probes > 0 && missing == probes {
+            return Ok(format!(
+                "{probes} | – | – | – | {missing} (never visible: are the relay's projectors running?) | {:.2} |",
+                bg.error_pct()
+            ));
+        }
+        Ok(format!(
+            "{probes} | {} | {} | {} | {missing} | {:.2} |",
+            ms(lag.value_at_quantile(0.5)),
+            ms(lag.value_at_quantile(0.99)),
+            ms(lag.max()),
+            bg.error_pct()
+        ))
     }
 
     /// Closing notes: idle RSS and what was not run.
