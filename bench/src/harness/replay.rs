@@ -31,7 +31,7 @@ fn usage_event(i: u64) -> Result<Envelope> {
             attempt: 1,
             model: models[(i % 3) as usize].to_owned(),
             status: 200,
-            stream: i % 2 == 0,
+            stream: i & 1 == 0,
             input_tokens: 100 + i % 5000,
             output_tokens: 10 + i % 700,
             cache_read_input_tokens: (i % 7) * 1000,
