@@ -18,6 +18,7 @@ both!(
     lease_keeps_a_second_runner_out,
     checkpoint_only_moves_forward,
     newer_event_version_stops_the_projector,
+    group_catches_up_members_at_different_checkpoints,
 );
 
 /// A mixed workload of `n` events over a few tenants, keys, accounts and models.
@@ -398,4 +399,30 @@ async fn newer_event_version_stops_the_projector(db: &TestDb) {
             .unwrap(),
         0
     );
+}
+
+async fn group_catches_up_members_at_different_checkpoints(db: &TestDb) {
+    let log = MemLog::new();
+    let events = workload(1_500);
+    log.push_all(&events[..1_000]);
+    // Only `usage` and `audit` have seen the first 1000 events.
+    let all = projections::all(prices());
+    for p in [&all[0], &all[3]] {
+        Projector::new(db.pool.clone(), log.clone(), p.clone())
+            .run_until_caught_up()
+            .await
+            .unwrap();
+    }
+    log.push_all(&events[1_000..]);
+    // A duplicate at a new position, seen by the group only.
+    log.push(&events[10]);
+    let group = Projector::group(db.pool.clone(), log.clone(), all).with_options(quick());
+    assert_eq!(group.name(), "usage+accounts+requests+audit");
+    assert_eq!(group.current_lag().await.unwrap().checkpoint, 0);
+    assert_eq!(group.run_until_caught_up().await.unwrap(), 1_501);
+    assert_eq!(group.current_lag().await.unwrap().behind(), 0);
+    let reference = db.another().await;
+    catch_up(&reference.pool, log.clone()).await;
+    assert_eq!(dump_all(&db.pool).await, dump_all(&reference.pool).await);
+    reference.cleanup().await;
 }
