@@ -51,7 +51,7 @@ pub struct GroupBy {
 }
 
 /// What [`usage_totals`] reads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct UsageFilter {
     /// Only this tenant.
     pub tenant: Option<String>,
