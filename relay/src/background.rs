@@ -22,6 +22,12 @@ pub fn spawn(state: &AppState) {
             state.shutdown.clone(),
         );
     }
+    crate::cmd::project::spawn_retention(
+        state.db.clone(),
+        state.config.log_retention_months,
+        &state.tracker,
+        state.shutdown.clone(),
+    );
     state.tracker.spawn(refresh_oauth_tokens(state.clone()));
     crate::proxy::tasks::spawn(state);
 }

@@ -144,7 +144,8 @@ pub async fn run_with_state(listener: TcpListener, state: AppState) -> anyhow::R
     result.context("server failed")
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGINT or SIGTERM; returns early if it is cancelled first.
+pub async fn wait_for_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {

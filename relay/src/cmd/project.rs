@@ -33,7 +33,7 @@ pub async fn run(ctx: &Context, _args: &ProjectArgs) -> anyhow::Result<()> {
     let prices = price_table(&ctx.common)?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(cancel_on_signal(shutdown.clone()));
+    tracker.spawn(crate::startup::wait_for_signal(shutdown.clone()));
     start(
         ctx.db.clone(),
         ctx.log.clone(),
@@ -128,26 +128,4 @@ fn start(
             _ = reporter => {}
         }
     });
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-        _ = shutdown.cancelled() => return,
-    }
-    tracing::info!("shutdown requested; stopping projectors");
-    shutdown.cancel();
 }

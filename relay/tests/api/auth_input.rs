@@ -193,6 +193,9 @@ async fn bodies_above_framework_defaults_are_accepted() {
     b["messages"][0]["content"] = serde_json::Value::String("x".repeat(3 * 1024 * 1024));
     let r = app.messages(&b).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(mock.requests()[0].body.len(), serde_json::to_vec(&b).unwrap().len());
+    assert_eq!(
+        mock.requests()[0].body.len(),
+        serde_json::to_vec(&b).unwrap().len()
+    );
     app.stop().await;
 }
