@@ -1,7 +1,9 @@
 //! The envelope every event travels in, the closed set of event types, and the NATS
 //! subject layout derived from them.
 
-use crate::events::{AccountHealthChanged, AdminAction, AuthFailed, RequestFinished, UsageRecorded};
+use crate::events::{
+    AccountHealthChanged, AdminAction, AuthFailed, RequestFinished, UsageRecorded,
+};
 use crate::ids::{AccountId, ApiKeyId, TenantId};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

@@ -3,7 +3,9 @@
 //! crate; a test fails when the types and the files drift apart.
 
 use crate::envelope::Envelope;
-use crate::events::{AccountHealthChanged, AdminAction, AuthFailed, RequestFinished, UsageRecorded};
+use crate::events::{
+    AccountHealthChanged, AdminAction, AuthFailed, RequestFinished, UsageRecorded,
+};
 use schemars::schema_for;
 
 /// `(file name, pretty JSON)` for the envelope and every v1 payload.
