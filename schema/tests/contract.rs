@@ -1,4 +1,5 @@
 //! The event contract: JSON Schemas on disk match the types, and envelopes round-trip.
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use chrono::{TimeZone, Utc};
 use schema::*;
