@@ -113,6 +113,11 @@ pub struct ServeConfig {
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
 
+    /// How long a sticky session (Claude Code session → account) survives without
+    /// requests, seconds.
+    #[arg(long, env = "STICKY_SESSION_TTL", default_value_t = 3600)]
+    pub sticky_session_ttl_secs: u64,
+
     /// What to do when a streaming client disconnects.
     #[arg(long, env = "DISCONNECT_POLICY", value_enum, default_value = "drain")]
     pub disconnect_policy: DisconnectPolicy,

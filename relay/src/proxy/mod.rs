@@ -37,9 +37,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// How long a sticky session survives without requests.
-pub const STICKY_TTL: Duration = Duration::from_secs(3600);
-
 /// Most streams drained at once after client disconnects; beyond this the relay
 /// records partial usage instead of holding more upstream connections open.
 pub const MAX_CONCURRENT_DRAINS: usize = 256;
@@ -105,7 +102,11 @@ impl ProxyState {
             publisher.publish(envelope);
         });
         Self {
-            pool: Arc::new(Pool::new(Cooldowns::from_config(config), STICKY_TTL, sink)),
+            pool: Arc::new(Pool::new(
+                Cooldowns::from_config(config),
+                Duration::from_secs(config.sticky_session_ttl_secs),
+                sink,
+            )),
             upstreams: Upstreams::new(config),
             metrics: Arc::new(Metrics::new()),
             own_events,
