@@ -392,6 +392,7 @@ impl Bench {
             Open(f64),
         }
         let loads = [
+            Load::Closed(32),
             Load::Closed(64),
             Load::Closed(256),
             Load::Open(1000.0),
