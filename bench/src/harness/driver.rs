@@ -398,3 +398,92 @@ pub async fn open_loop(
     rec.elapsed = started.elapsed();
     rec
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bench::mock::{MockConfig, MockUpstream, Step};
+
+    const KEY: &str = "sk-ant-api03-driver-test";
+
+    fn stream_work() -> Workload {
+        Workload {
+            body: super::super::workload::small(true),
+            headers: Vec::new(),
+            stream: true,
+            // message_start, block start, ping, 6 deltas, block stop, message_delta, stop.
+            expected_events: 12,
+            stall_after: None,
+        }
+    }
+
+    async fn setup() -> (MockUpstream, HttpClient, Target) {
+        let mock = MockUpstream::start_with(MockConfig::default())
+            .await
+            .unwrap();
+        let target = Target {
+            name: "direct",
+            uri: format!("{}/v1/messages", mock.base_url()).parse().unwrap(),
+            key: KEY.to_owned(),
+        };
+        (mock, client(), target)
+    }
+
+    #[tokio::test]
+    async fn closed_loop_counts_complete_streams_and_detects_lost_ones() {
+        let (mock, client, target) = setup().await;
+        let rec = closed_loop(
+            &client,
+            &target,
+            &stream_work(),
+            4,
+            Stop::Count(20),
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!((rec.ok, rec.errors, rec.lost), (20, 0, 0));
+        assert_eq!(rec.ttfb.len(), 20);
+        assert_eq!(rec.gap.len(), 20 * 11);
+
+        mock.script(KEY, [Step::Drop { after_events: 3 }, Step::overloaded()]);
+        let rec = closed_loop(
+            &client,
+            &target,
+            &stream_work(),
+            1,
+            Stop::Count(3),
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(rec.ok, 1);
+        assert_eq!(rec.errors, 2);
+        assert_eq!(
+            rec.lost, 1,
+            "the dropped stream is lost; the 529 is only an error"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_loop_sends_rate_times_duration_requests() {
+        let (mock, client, target) = setup().await;
+        let work = Workload {
+            body: super::super::workload::small(false),
+            headers: Vec::new(),
+            stream: false,
+            expected_events: 0,
+            stall_after: None,
+        };
+        let rec = open_loop(
+            &client,
+            &target,
+            &work,
+            200.0,
+            Duration::from_millis(250),
+            100,
+        )
+        .await;
+        assert_eq!(rec.ok + rec.errors + rec.shed, 50);
+        assert_eq!(rec.ok, 50);
+        assert_eq!(mock.request_count(), 50);
+    }
+}
