@@ -58,6 +58,10 @@ pub struct PublisherConfig {
     pub retry_initial: Duration,
     /// Longest delay between replay attempts. Default 5 s.
     pub retry_max: Duration,
+    /// How long the first event of a batch may wait for company before the batch is
+    /// appended. A few milliseconds let events of concurrent requests share one append
+    /// (one transaction and fsync) instead of one each. Default 2 ms; zero disables.
+    pub linger: Duration,
 }
 
 impl PublisherConfig {
@@ -72,6 +76,7 @@ impl PublisherConfig {
             append_timeout: Duration::from_secs(10),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            linger: Duration::from_millis(2),
         }
     }
 }
@@ -236,6 +241,7 @@ impl Publisher {
             config,
             pending: Vec::new(),
             stuck: false,
+            pending_since: Instant::now(),
         };
         tracker.spawn(worker.run(shutdown));
         Ok(Publisher { shared })
@@ -362,6 +368,8 @@ struct Worker {
     stuck: bool,
     backoff: Duration,
     next_retry: Instant,
+    /// When the oldest event in `pending` was taken off the queue.
+    pending_since: Instant,
 }
 
 impl Worker {
@@ -369,11 +377,22 @@ impl Worker {
         let mut cancelled = false;
         let mut open = true;
         loop {
+            let was_empty = self.pending.is_empty();
             if open {
                 open = self.fill_pending();
             }
-            let retry_due = Instant::now() >= self.next_retry;
-            if !self.pending.is_empty() && (!self.stuck || retry_due) {
+            if was_empty && !self.pending.is_empty() {
+                self.pending_since = Instant::now();
+            }
+            let now = Instant::now();
+            let retry_due = now >= self.next_retry;
+            let linger_until = self.pending_since + self.config.linger;
+            let lingering = open
+                && !cancelled
+                && !self.stuck
+                && self.pending.len() < self.config.batch_size
+                && now < linger_until;
+            if !self.pending.is_empty() && !lingering && (!self.stuck || retry_due) {
                 self.flush_pending().await;
                 continue;
             }
@@ -399,9 +418,15 @@ impl Worker {
                         .take();
                 }
                 msg = self.rx.recv(), if open && room => match msg {
-                    Some(e) => self.pending.push(e),
+                    Some(e) => {
+                        if self.pending.is_empty() {
+                            self.pending_since = Instant::now();
+                        }
+                        self.pending.push(e);
+                    }
                     None => open = false,
                 },
+                () = tokio::time::sleep_until(linger_until), if lingering && !self.pending.is_empty() => {}
                 () = tokio::time::sleep_until(self.next_retry), if waiting_for_retry => {}
             }
         }

@@ -338,3 +338,76 @@ async fn the_spool_file_lives_where_configured() {
     assert!(dir.path().join("nested").join("spool.db").exists());
     p.stop().await;
 }
+
+/// Records the size of every `append_batch` call.
+struct BatchSizes {
+    inner: Arc<dyn EventLog>,
+    sizes: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl EventLog for BatchSizes {
+    async fn append(&self, event: &Envelope) -> Result<ingest::Appended, ingest::LogError> {
+        self.sizes.lock().unwrap().push(1);
+        self.inner.append(event).await
+    }
+    async fn append_batch(
+        &self,
+        events: &[Envelope],
+    ) -> Result<Vec<ingest::Appended>, ingest::LogError> {
+        self.sizes.lock().unwrap().push(events.len());
+        self.inner.append_batch(events).await
+    }
+    async fn subscribe(
+        &self,
+        after: ingest::Position,
+        filter: Option<schema::Category>,
+    ) -> Result<ingest::EventStream, ingest::LogError> {
+        self.inner.subscribe(after, filter).await
+    }
+    async fn head(&self) -> Result<ingest::Position, ingest::LogError> {
+        self.inner.head().await
+    }
+    fn backend(&self) -> &'static str {
+        "batch-sizes"
+    }
+}
+
+async fn batches_for_two_spaced_events(linger: Duration) -> Vec<usize> {
+    let (dir, log) = testing::temp_sqlite_log().await;
+    let counted = Arc::new(BatchSizes {
+        inner: Arc::new(log),
+        sizes: std::sync::Mutex::new(Vec::new()),
+    });
+    let mut c = config(dir.path());
+    c.linger = linger;
+    let run = Running::start(counted.clone(), c).await;
+    let evs = events(2);
+    run.publisher.publish(evs[0].clone());
+    if linger.is_zero() {
+        // Without a linger the first event is appended on its own.
+        wait_until("the first append", || {
+            !counted.sizes.lock().unwrap().is_empty()
+        })
+        .await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.publisher.publish(evs[1].clone());
+    run.idle().await;
+    run.stop().await;
+    let sizes = counted.sizes.lock().unwrap().clone();
+    sizes
+}
+
+#[tokio::test]
+async fn events_close_together_share_one_append_while_the_batch_lingers() {
+    assert_eq!(
+        batches_for_two_spaced_events(Duration::from_secs(2)).await,
+        vec![2]
+    );
+    assert_eq!(
+        batches_for_two_spaced_events(Duration::ZERO).await,
+        vec![1, 1]
+    );
+}
