@@ -94,6 +94,12 @@ pub async fn build_state(
     .context("cannot start the event publisher")?;
     let accounts = AccountStore::new(db.clone(), cipher);
     let proxy = Arc::new(crate::proxy::ProxyState::new(&config, publisher.clone()));
+    // Read the head before the accounts, so every account change logged after this
+    // load is seen by the admin watcher.
+    let as_of = log.head().await.context("cannot read the event log head")?;
+    proxy
+        .accounts_as_of
+        .store(as_of, std::sync::atomic::Ordering::SeqCst);
     proxy.pool.reload(
         accounts
             .list()

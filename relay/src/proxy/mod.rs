@@ -87,6 +87,9 @@ pub struct ProxyState {
     pub own_events: Arc<OwnEvents>,
     /// Streams currently being drained after a disconnect.
     pub drains: AtomicUsize,
+    /// Log position read just before the start-up account load: the admin watcher
+    /// follows account changes from here, so none logged meanwhile is missed.
+    pub accounts_as_of: std::sync::atomic::AtomicU64,
 }
 
 impl ProxyState {
@@ -111,6 +114,7 @@ impl ProxyState {
             metrics: Arc::new(Metrics::new()),
             own_events,
             drains: AtomicUsize::new(0),
+            accounts_as_of: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }

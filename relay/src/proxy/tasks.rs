@@ -82,18 +82,10 @@ async fn fold_health(state: AppState) {
 /// Reloads accounts as soon as an administrative change to accounts is logged.
 /// Resubscribes after errors from the last position seen.
 async fn watch_admin(state: AppState, wake: Arc<Notify>) {
-    let mut after = loop {
-        match state.log.head().await {
-            Ok(h) => break h,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the log head; retrying");
-                tokio::select! {
-                    _ = state.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    };
+    let mut after = state
+        .proxy
+        .accounts_as_of
+        .load(std::sync::atomic::Ordering::SeqCst);
     loop {
         if let Ok(mut events) = state.log.subscribe(after, Some(Category::Admin)).await {
             loop {

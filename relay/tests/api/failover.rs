@@ -517,8 +517,6 @@ async fn health_events_from_the_log_are_folded_in() {
 async fn account_admin_actions_trigger_a_reload() {
     let mock = MockUpstream::start().await;
     let app = spawn_app(&[]).await;
-    // Let the admin watcher subscribe before the account appears.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     app.state
         .accounts
         .add(relay::accounts::NewAccount {
