@@ -183,6 +183,13 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
                 Completeness::Complete,
             );
             tried.push(lease.runtime().clone());
+            // A server error that upstream marks as not worth retrying is about the
+            // request, not the account: another account would fail the same way.
+            // Account-specific refusals (401, 403, 429) still fail over.
+            let final_answer = status >= 500
+                && upstream_headers
+                    .get("x-should-retry")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
             last = Some(Failure::Upstream {
                 status,
                 headers: upstream_headers,
@@ -190,6 +197,9 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
                 error_type: summary.error.map(|e| e.0),
                 routing: lease.decision.clone(),
             });
+            if final_answer {
+                break;
+            }
             continue;
         }
         if (200..300).contains(&status) {

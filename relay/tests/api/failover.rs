@@ -193,6 +193,36 @@ async fn when_every_attempt_fails_the_last_upstream_error_is_returned() {
 }
 
 #[tokio::test]
+async fn a_server_error_upstream_says_not_to_retry_is_returned_without_failover() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&["--max-attempts", "3"]).await;
+    app.add_account(&mock, Acc::new("a", KEY_A).priority(0))
+        .await;
+    app.add_account(&mock, Acc::new("b", KEY_B).priority(1))
+        .await;
+    app.add_account(&mock, Acc::new("c", KEY_C).priority(2))
+        .await;
+    mock.script(
+        KEY_A,
+        [Step::server_error().with_header("x-should-retry", "false")],
+    );
+    let resp = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+    assert_eq!(mock.request_count(), 1, "no second account was tried");
+    // A rate limit is about the account, so the same header does not stop failover
+    // (a is cooling down after its 500; b is rate-limited; c answers).
+    mock.script(
+        KEY_B,
+        [Step::rate_limited(5).with_header("x-should-retry", "false")],
+    );
+    let resp = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.requests_for(KEY_C).len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn rate_limit_cooldown_then_timed_recovery() {
     let mock = MockUpstream::start().await;
     let app = spawn_app(&[]).await;
