@@ -4,6 +4,7 @@
 
 use crate::app::AppState;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,14 @@ pub async fn run(
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // SSE frames are small writes: without TCP_NODELAY, Nagle holds each one back until
+    // the client's delayed ACK arrives (≈40 ms on Linux), so every token would reach the
+    // client late. Set on every accepted socket.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
