@@ -65,6 +65,8 @@ pub struct Account {
     pub refresh_token: Option<Secret>,
     /// OAuth accounts: when the access token lapses.
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the account was added.
+    pub created_at: DateTime<Utc>,
 }
 
 /// Input for [`AccountStore::add`].
@@ -88,6 +90,31 @@ pub struct NewAccount {
     pub concurrency: u32,
     /// Proxy URL.
     pub proxy_url: Option<String>,
+}
+
+/// A partial update of an account; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New kind (with a new credential).
+    pub kind: Option<AccountKind>,
+    /// New base URL.
+    pub base_url: Option<String>,
+    /// New credential.
+    pub credential: Option<Secret>,
+    /// New priority.
+    pub priority: Option<i32>,
+    /// New weight.
+    pub weight: Option<u32>,
+    /// New group (`Some(None)` clears it).
+    pub group: Option<Option<String>>,
+    /// New concurrency cap.
+    pub concurrency: Option<u32>,
+    /// New proxy (`Some(None)` clears it).
+    pub proxy_url: Option<Option<String>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
 }
 
 /// Errors managing accounts.
@@ -136,6 +163,20 @@ pub fn validate(new: &NewAccount) -> Result<(), AccountStoreError> {
     Ok(())
 }
 
+const SELECT_ACCOUNT: &str = "SELECT id, name, kind, base_url, credential_enc, priority, weight, \
+     group_name, concurrency, proxy_url, enabled, refresh_token_enc, expires_at_ms, \
+     created_at_ms FROM accounts";
+
+/// Whether a URL carries user-info (`scheme://user[:pass]@host`).
+pub fn has_userinfo(url: &str) -> bool {
+    let Some(i) = url.find("://") else {
+        return false;
+    };
+    let rest = &url[i + 3..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest[..end].contains('@')
+}
+
 /// Accounts in the database; credentials sealed with the [`Cipher`].
 #[derive(Clone)]
 pub struct AccountStore {
@@ -174,13 +215,13 @@ impl AccountStore {
         .bind(id.as_str())
         .bind(new.name.trim())
         .bind(new.kind.as_str())
-        .bind(new.base_url.trim_end_matches('/'))
+        .bind(self.seal_url(new.base_url.trim_end_matches('/')))
         .bind(self.cipher.seal(&new.credential))
         .bind(i64::from(new.priority))
         .bind(i64::from(new.weight))
         .bind(new.group)
         .bind(i64::from(new.concurrency))
-        .bind(new.proxy_url)
+        .bind(new.proxy_url.as_deref().map(|p| self.seal_url(p)))
         .bind(Utc::now().timestamp_millis())
         .bind(refresh_token.as_ref().map(|t| self.cipher.seal(t)))
         .bind(expires_at.map(|t| t.timestamp_millis()))
@@ -210,16 +251,112 @@ impl AccountStore {
         Ok(())
     }
 
+    /// One account by id, credential opened.
+    pub async fn get(&self, id: &str) -> Result<Option<Account>, AccountStoreError> {
+        let row = sqlx::query(&format!("{SELECT_ACCOUNT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await?;
+        row.as_ref().map(|r| self.row_to_account(r)).transpose()
+    }
+
+    /// Applies a patch after validating the result; `None` when there is no such
+    /// account.
+    pub async fn update(
+        &self,
+        id: &str,
+        p: &AccountPatch,
+    ) -> Result<Option<Account>, AccountStoreError> {
+        let Some(old) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let merged = NewAccount {
+            name: p.name.clone().unwrap_or(old.name),
+            kind: p.kind.unwrap_or(old.kind),
+            base_url: p.base_url.clone().unwrap_or(old.base_url),
+            credential: p.credential.clone().unwrap_or(old.credential),
+            priority: p.priority.unwrap_or(old.priority),
+            weight: p.weight.unwrap_or(old.weight),
+            group: p.group.clone().unwrap_or(old.group),
+            concurrency: p.concurrency.unwrap_or(old.concurrency),
+            proxy_url: p.proxy_url.clone().unwrap_or(old.proxy_url),
+        };
+        validate(&merged)?;
+        let enabled = p.enabled.unwrap_or(old.enabled);
+        sqlx::query(
+            "UPDATE accounts SET name = $1, kind = $2, base_url = $3, credential_enc = $4, \
+             priority = $5, weight = $6, group_name = $7, concurrency = $8, proxy_url = $9, \
+             enabled = $10 WHERE id = $11",
+        )
+        .bind(merged.name.trim())
+        .bind(merged.kind.as_str())
+        .bind(self.seal_url(merged.base_url.trim_end_matches('/')))
+        .bind(self.cipher.seal(&merged.credential))
+        .bind(i64::from(merged.priority))
+        .bind(i64::from(merged.weight))
+        .bind(merged.group)
+        .bind(i64::from(merged.concurrency))
+        .bind(merged.proxy_url.as_deref().map(|p| self.seal_url(p)))
+        .bind(i64::from(enabled))
+        .bind(id)
+        .execute(&self.db)
+        .await?;
+        self.get(id).await
+    }
+
+    /// Removes an account; `false` when there was none.
+    pub async fn delete(&self, id: &str) -> Result<bool, AccountStoreError> {
+        let done = sqlx::query("DELETE FROM accounts WHERE id = $1")
+            .bind(id)
+            .execute(&self.db)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether an account name is taken by an account other than `except`.
+    pub async fn name_taken(
+        &self,
+        name: &str,
+        except: Option<&str>,
+    ) -> Result<bool, AccountStoreError> {
+        let row = sqlx::query("SELECT id FROM accounts WHERE name = $1")
+            .bind(name.trim())
+            .fetch_optional(&self.db)
+            .await?;
+        Ok(match row {
+            None => false,
+            Some(r) => {
+                let id: String = r.try_get("id")?;
+                Some(id.as_str()) != except
+            }
+        })
+    }
+
     /// Every account, credentials opened, in name order.
     pub async fn list(&self) -> Result<Vec<Account>, AccountStoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, kind, base_url, credential_enc, priority, weight, group_name, \
-             concurrency, proxy_url, enabled, refresh_token_enc, expires_at_ms FROM accounts \
-             ORDER BY name",
-        )
-        .fetch_all(&self.db)
-        .await?;
+        let rows = sqlx::query(&format!("{SELECT_ACCOUNT} ORDER BY name"))
+            .fetch_all(&self.db)
+            .await?;
         rows.iter().map(|r| self.row_to_account(r)).collect()
+    }
+
+    /// A URL as stored: sealed when it carries credentials (`user:pass@`), so proxy
+    /// passwords and credentials in base URLs are encrypted like account credentials.
+    fn seal_url(&self, url: &str) -> String {
+        if has_userinfo(url) {
+            self.cipher.seal(&Secret::new(url))
+        } else {
+            url.to_owned()
+        }
+    }
+
+    /// Reads a URL stored by [`AccountStore::seal_url`] (plain URLs pass through).
+    fn open_url(&self, stored: String) -> Result<String, AccountStoreError> {
+        if stored.starts_with("v1:") {
+            Ok(self.cipher.open(&stored)?.expose().to_owned())
+        } else {
+            Ok(stored)
+        }
     }
 
     fn row_to_account(&self, row: &sqlx::any::AnyRow) -> Result<Account, AccountStoreError> {
@@ -238,16 +375,23 @@ impl AccountStore {
             id: AccountId::parse(id).map_err(|_| invalid("id"))?,
             name: row.try_get("name")?,
             kind: AccountKind::parse(&kind).ok_or_else(|| invalid("kind"))?,
-            base_url: row.try_get("base_url")?,
+            base_url: self.open_url(row.try_get("base_url")?)?,
             credential: self.cipher.open(&sealed)?,
             priority: i32::try_from(priority).map_err(|_| invalid("priority"))?,
             weight: u32::try_from(weight).map_err(|_| invalid("weight"))?,
             group: row.try_get("group_name")?,
             concurrency: u32::try_from(concurrency).map_err(|_| invalid("concurrency"))?,
-            proxy_url: row.try_get("proxy_url")?,
+            proxy_url: row
+                .try_get::<Option<String>, _>("proxy_url")?
+                .map(|p| self.open_url(p))
+                .transpose()?,
             enabled: enabled != 0,
             refresh_token: refresh.map(|r| self.cipher.open(&r)).transpose()?,
             expires_at: expires.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            created_at: Utc
+                .timestamp_millis_opt(row.try_get("created_at_ms")?)
+                .single()
+                .unwrap_or_default(),
         })
     }
 }

@@ -43,4 +43,6 @@ pub struct AppInner {
     pub tracker: TaskTracker,
     /// The proxy: account pool, upstream clients, metrics.
     pub proxy: Arc<crate::proxy::ProxyState>,
+    /// Admin use cases (users, keys, accounts, groups, reads).
+    pub services: crate::services::Services,
 }

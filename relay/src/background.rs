@@ -7,7 +7,7 @@ use crate::app::AppState;
 use crate::config::OnOff;
 use crate::oauth;
 use chrono::Utc;
-use schema::{AdminAction, Envelope, Event};
+use schema::{AdminAction, AdminVerb, Envelope, Event};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -106,7 +106,7 @@ async fn refresh_one(state: &AppState, account: &Account) -> bool {
             .await
         {
             Ok(()) => (
-                "account.token_refreshed",
+                AdminVerb::AccountTokenRefreshed,
                 format!(
                     "refreshed the access token of {}; expires {}",
                     account.id,
@@ -115,13 +115,13 @@ async fn refresh_one(state: &AppState, account: &Account) -> bool {
                 true,
             ),
             Err(e) => (
-                "account.token_refresh_failed",
+                AdminVerb::AccountTokenRefreshFailed,
                 format!("could not store the refreshed token of {}: {e}", account.id),
                 false,
             ),
         },
         Err(e) => (
-            "account.token_refresh_failed",
+            AdminVerb::AccountTokenRefreshFailed,
             format!("token refresh for {} failed: {e}", account.id),
             false,
         ),
@@ -135,12 +135,12 @@ async fn refresh_one(state: &AppState, account: &Account) -> bool {
         Envelope::new(
             Uuid::now_v7(),
             Utc::now(),
-            Event::AdminAction(AdminAction {
-                actor: "relay".into(),
-                action: action.into(),
-                target: format!("account:{}", account.id),
+            Event::AdminAction(AdminAction::new(
+                "relay",
+                action,
+                format!("account:{}", account.id),
                 summary,
-            }),
+            )),
         )
         .with_account(Some(account.id.clone())),
     );

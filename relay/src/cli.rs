@@ -38,6 +38,9 @@ pub enum Command {
     /// Manage upstream accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Manage users who log in to the admin API.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Create or upgrade the database schema and exit.
     Migrate,
 }
@@ -115,6 +118,40 @@ pub enum KeysCommand {
     Create(KeyCreateArgs),
     /// List keys (never the secrets).
     List,
+    /// Revoke a key for good (refused by every relay within a second).
+    Revoke(KeyIdArg),
+    /// Enable a key.
+    Enable(KeyIdArg),
+    /// Disable a key (reversible).
+    Disable(KeyIdArg),
+    /// Change a key's name, group or expiry.
+    Update(KeyUpdateArgs),
+}
+
+/// A key id.
+#[derive(Debug, Args)]
+pub struct KeyIdArg {
+    /// The key id (`key_…`).
+    pub id: String,
+}
+
+/// `relay keys update`.
+#[derive(Debug, Args)]
+pub struct KeyUpdateArgs {
+    /// The key id (`key_…`).
+    pub id: String,
+    /// New name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New group (empty string: no group).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// New expiry (RFC 3339, `"YYYY-MM-DD HH:MM:SS"` in BILLING_TIMEZONE, or `30d`).
+    #[arg(long, conflicts_with = "no_expiry")]
+    pub expires: Option<String>,
+    /// Remove the expiry.
+    #[arg(long)]
+    pub no_expiry: bool,
 }
 
 /// `relay keys create`.
@@ -144,6 +181,106 @@ pub enum AccountsCommand {
     OauthLogin(OAuthLoginArgs),
     /// List accounts (never the credentials).
     List,
+    /// Change an account's settings; `--credential-stdin` replaces the credential.
+    Update(AccountUpdateArgs),
+    /// Remove an account (its usage history stays).
+    Remove(AccountRef),
+    /// Enable an account.
+    Enable(AccountRef),
+    /// Disable an account (no new requests are routed to it).
+    Disable(AccountRef),
+    /// Clear an account's health state on every relay.
+    Reset(AccountRef),
+}
+
+/// An account by id or name.
+#[derive(Debug, Args)]
+pub struct AccountRef {
+    /// The account id (`acc_…`) or name.
+    pub account: String,
+}
+
+/// `relay accounts update`.
+#[derive(Debug, Args)]
+pub struct AccountUpdateArgs {
+    /// The account id (`acc_…`) or name.
+    pub account: String,
+    /// New name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New base URL.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// New priority.
+    #[arg(long)]
+    pub priority: Option<i64>,
+    /// New weight.
+    #[arg(long)]
+    pub weight: Option<i64>,
+    /// New group (empty string: no group; created if missing).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// New concurrency cap (0 = unlimited).
+    #[arg(long)]
+    pub concurrency: Option<i64>,
+    /// New proxy URL (empty string: none).
+    #[arg(long)]
+    pub proxy: Option<String>,
+    /// Read a new credential from stdin.
+    #[arg(long)]
+    pub credential_stdin: bool,
+}
+
+/// `relay users …`.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user; the password is read from stdin, or generated and printed once
+    /// when stdin is empty.
+    Create(UserCreateArgs),
+    /// List users.
+    List,
+    /// Change a user's role.
+    SetRole(UserRoleArgs),
+    /// Set a new password (read from stdin, or generated and printed once); every
+    /// token of the user stops working. This is how a lost admin password is reset.
+    ResetPassword(UserRef),
+    /// Disable a user: they cannot log in, their tokens and keys stop working.
+    Disable(UserRef),
+    /// Enable a user.
+    Enable(UserRef),
+}
+
+/// A user by name.
+#[derive(Debug, Args)]
+pub struct UserRef {
+    /// The user name.
+    pub username: String,
+}
+
+/// `relay users create`.
+#[derive(Debug, Args)]
+pub struct UserCreateArgs {
+    /// Login name.
+    #[arg(long)]
+    pub username: String,
+    /// E-mail address.
+    #[arg(long)]
+    pub email: String,
+    /// `admin` or `user`.
+    #[arg(long, default_value = "user")]
+    pub role: String,
+    /// Tenant (default: a new tenant named after the user).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+/// `relay users set-role`.
+#[derive(Debug, Args)]
+pub struct UserRoleArgs {
+    /// The user name.
+    pub username: String,
+    /// `admin` or `user`.
+    pub role: String,
 }
 
 /// `relay accounts oauth-login`.

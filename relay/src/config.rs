@@ -48,9 +48,24 @@ pub struct CommonConfig {
     /// Price-table override file (JSON, same shape as the shipped table).
     #[arg(long, env = "PRICE_TABLE", global = true)]
     pub price_table: Option<PathBuf>,
+
+    /// Time zone (IANA name) of times given without one, such as a key's
+    /// `expires_at` of `"2025-12-31 23:59:59"`.
+    #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC", global = true)]
+    pub billing_timezone: String,
 }
 
 impl CommonConfig {
+    /// `BILLING_TIMEZONE` parsed.
+    pub fn billing_tz(&self) -> Result<chrono_tz::Tz, String> {
+        self.billing_timezone.trim().parse().map_err(|_| {
+            format!(
+                "BILLING_TIMEZONE {:?} is not an IANA zone name",
+                self.billing_timezone
+            )
+        })
+    }
+
     /// The database URL, defaulting to a SQLite file inside `DATA_DIR`.
     pub fn database_url(&self) -> String {
         match &self.database_url {
@@ -190,6 +205,37 @@ pub struct ServeConfig {
     /// Global proxy password.
     #[arg(long, env = "GLOBAL_PROXY_PASSWORD", hide_env_values = true)]
     pub global_proxy_password: Option<String>,
+
+    /// Secret signing admin login tokens (HS256), at least 32 characters. Unset in
+    /// embedded mode: generated once into `<DATA_DIR>/jwt.secret`. Required with
+    /// `NATS_URL` (every relay must share it).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of admin login tokens: hours, or a duration such as `30m`, `24h`, `7d`.
+    #[arg(long, env = "JWT_EXPIRES", default_value = "24h")]
+    pub jwt_expires: String,
+
+    /// User name of the admin created on first start.
+    #[arg(long, env = "DEFAULT_ADMIN_USERNAME", default_value = "admin")]
+    pub default_admin_username: String,
+
+    /// Password of the admin created on first start. Unset: a random one is generated,
+    /// printed once and written to `<DATA_DIR>/initial-admin-password` (mode 0600).
+    #[arg(long, env = "DEFAULT_ADMIN_PASSWORD", hide_env_values = true)]
+    pub default_admin_password: Option<String>,
+
+    /// E-mail of the admin created on first start.
+    #[arg(
+        long,
+        env = "DEFAULT_ADMIN_EMAIL",
+        default_value = "admin@localhost.localdomain"
+    )]
+    pub default_admin_email: String,
+
+    /// Let anyone create a `user` account with `POST /api/v1/auth/register`.
+    #[arg(long, env = "REGISTRATION_ENABLED", default_value_t = false)]
+    pub registration_enabled: bool,
 }
 
 /// A boolean switch spelled `on`/`off`.
@@ -220,6 +266,18 @@ impl ServeConfig {
             _ => String::new(),
         };
         Some(format!("{scheme}://{auth}{host}:{port}"))
+    }
+
+    /// `JWT_EXPIRES` parsed: a number of hours, or `30m`, `24h`, `7d`.
+    pub fn jwt_lifetime(&self) -> Result<chrono::Duration, String> {
+        let s = self.jwt_expires.trim();
+        let d = match s.parse::<i64>() {
+            Ok(h) => chrono::Duration::try_hours(h),
+            Err(_) => crate::services::keys::parse_duration(s),
+        };
+        d.filter(|d| *d > chrono::Duration::zero()).ok_or_else(|| {
+            format!("JWT_EXPIRES {s:?} is not a number of hours or a duration like 24h")
+        })
     }
 
     /// `UPSTREAM_IDLE_TIMEOUT` as a duration.

@@ -136,7 +136,7 @@ impl Cipher {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -163,6 +163,12 @@ pub fn generate_key() -> Secret {
 /// The stored form of a tenant key: lowercase hex SHA-256.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The last four characters of a key, shown after its prefix.
+pub fn key_last4(key: &str) -> String {
+    let n = key.chars().count();
+    key.chars().skip(n.saturating_sub(4)).collect()
 }
 
 /// The displayable start of a key (at most 12 characters), for listings and audit.

@@ -2,10 +2,11 @@
 //! the hot path.
 //!
 //! Only the SHA-256 of a key is stored. Authentication hashes the presented key and
-//! looks the hash up in a small in-memory cache (entries live a few seconds, so a key
-//! disabled in the database stops working quickly without a query per request).
+//! looks the hash up in a small in-memory cache. Entries live [`CACHE_TTL`] (1 s), so
+//! a key revoked or disabled through any relay, or whose owner is disabled, is refused
+//! by every relay sharing the database within a second, without a query per request.
 
-use crate::crypto::{generate_key, hash_key, key_prefix, Secret};
+use crate::crypto::{generate_key, hash_key, key_last4 as last4, key_prefix, Secret};
 use chrono::{DateTime, TimeZone, Utc};
 use schema::{ApiKeyId, TenantId};
 use sqlx::{AnyPool, Row};
@@ -33,6 +34,20 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// The user who owns the key (keys made by the CLI for a bare tenant have none).
+    pub user_id: Option<String>,
+    /// When the key was revoked; revoked keys are refused for good.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Last four characters of the key, for recognition (keys issued before this was
+    /// kept have none).
+    pub last4: Option<String>,
+}
+
+impl ApiKey {
+    /// How the key is shown: `prefix…last4`.
+    pub fn display(&self) -> String {
+        format!("{}…{}", self.prefix, self.last4.as_deref().unwrap_or(""))
+    }
 }
 
 /// Why a credential was refused.
@@ -44,9 +59,12 @@ pub enum AuthError {
     /// The key is not known.
     #[error("invalid x-api-key")]
     Unknown,
-    /// The key is disabled.
+    /// The key is disabled, or its owner is.
     #[error("API key is disabled")]
     Disabled,
+    /// The key was revoked.
+    #[error("API key has been revoked")]
+    Revoked,
     /// The key has expired.
     #[error("API key has expired")]
     Expired,
@@ -62,7 +80,7 @@ impl AuthError {
         match self {
             AuthError::Missing => Some(R::Missing),
             AuthError::Unknown => Some(R::Unknown),
-            AuthError::Disabled => Some(R::Disabled),
+            AuthError::Disabled | AuthError::Revoked => Some(R::Disabled),
             AuthError::Expired => Some(R::Expired),
             AuthError::Store => None,
         }
@@ -91,10 +109,37 @@ pub struct NewKey {
     pub group: Option<String>,
     /// Expiry.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Owner.
+    pub user_id: Option<String>,
 }
 
-/// How long a cached lookup is trusted.
-const CACHE_TTL: Duration = Duration::from_secs(5);
+/// A partial update of a key; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New group scope (`Some(None)` clears it).
+    pub group: Option<Option<String>>,
+    /// New expiry (`Some(None)` clears it).
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+/// Which keys [`KeyStore::list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    /// Only this owner.
+    pub user_id: Option<String>,
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Include revoked keys.
+    pub include_revoked: bool,
+}
+
+/// How long a cached lookup is trusted: the bound on how late a revocation made on
+/// another relay takes effect here.
+pub const CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Cached lookups: key hash → (the key, or `None` for "unknown", and when fetched).
 type LookupCache = HashMap<String, (Option<Arc<ApiKey>>, Instant)>;
@@ -118,6 +163,7 @@ fn row_to_key(row: &sqlx::any::AnyRow) -> Result<ApiKey, KeyStoreError> {
     let enabled: i64 = row.try_get("enabled")?;
     let expires: Option<i64> = row.try_get("expires_at_ms")?;
     let created: i64 = row.try_get("created_at_ms")?;
+    let revoked: Option<i64> = row.try_get("revoked_at_ms")?;
     Ok(ApiKey {
         id: ApiKeyId::parse(id).map_err(|e| KeyStoreError::Invalid(e.to_string()))?,
         name: row.try_get("name")?,
@@ -127,11 +173,14 @@ fn row_to_key(row: &sqlx::any::AnyRow) -> Result<ApiKey, KeyStoreError> {
         enabled: enabled != 0,
         expires_at: expires.and_then(ms_to_time),
         created_at: ms_to_time(created).unwrap_or_default(),
+        user_id: row.try_get("user_id")?,
+        revoked_at: revoked.and_then(ms_to_time),
+        last4: row.try_get("key_last4")?,
     })
 }
 
-const COLUMNS: &str =
-    "id, name, tenant, key_prefix, group_name, enabled, expires_at_ms, created_at_ms";
+const COLUMNS: &str = "k.id, k.name, k.tenant, k.key_prefix, k.group_name, k.enabled, \
+     k.expires_at_ms, k.created_at_ms, k.user_id, k.revoked_at_ms, k.key_last4";
 
 impl KeyStore {
     /// A store over the given database.
@@ -156,11 +205,15 @@ impl KeyStore {
             prefix: key_prefix(secret.expose()),
             enabled: true,
             expires_at: new.expires_at,
-            created_at: now,
+            created_at: ms_to_time(now.timestamp_millis()).unwrap_or_default(),
+            user_id: new.user_id,
+            revoked_at: None,
+            last4: Some(last4(secret.expose())),
         };
         sqlx::query(
             "INSERT INTO api_keys (id, name, tenant, key_hash, key_prefix, group_name, enabled, \
-             expires_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8)",
+             expires_at_ms, created_at_ms, user_id, key_last4) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9, $10)",
         )
         .bind(key.id.as_str())
         .bind(&key.name)
@@ -170,30 +223,130 @@ impl KeyStore {
         .bind(key.group.clone())
         .bind(key.expires_at.map(|t| t.timestamp_millis()))
         .bind(now.timestamp_millis())
+        .bind(key.user_id.clone())
+        .bind(key.last4.clone())
         .execute(&self.db)
         .await?;
         Ok((key, secret))
     }
 
-    /// All keys, oldest first.
-    pub async fn list(&self) -> Result<Vec<ApiKey>, KeyStoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys ORDER BY created_at_ms, id"
+    /// All keys that are not revoked, oldest first.
+    pub async fn list_all(&self) -> Result<Vec<ApiKey>, KeyStoreError> {
+        Ok(self.list(&KeyFilter::default(), 0, i64::MAX).await?.0)
+    }
+
+    /// Keys matching `f`, oldest first, one page, with the total.
+    pub async fn list(
+        &self,
+        f: &KeyFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<ApiKey>, i64), KeyStoreError> {
+        let revoked = if f.include_revoked {
+            ""
+        } else {
+            " AND k.revoked_at_ms IS NULL"
+        };
+        let cond = format!("($1 = '' OR k.user_id = $1) AND ($2 = '' OR k.tenant = $2){revoked}");
+        let user = f.user_id.clone().unwrap_or_default();
+        let tenant = f.tenant.clone().unwrap_or_default();
+        let total: i64 = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n FROM api_keys k WHERE {cond}"
         ))
+        .bind(&user)
+        .bind(&tenant)
+        .fetch_one(&self.db)
+        .await?
+        .try_get("n")?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys k WHERE {cond} \
+             ORDER BY k.created_at_ms, k.id LIMIT $3 OFFSET $4"
+        ))
+        .bind(&user)
+        .bind(&tenant)
+        .bind(limit)
+        .bind(offset)
         .fetch_all(&self.db)
         .await?;
-        rows.iter().map(row_to_key).collect()
+        let keys = rows.iter().map(row_to_key).collect::<Result<_, _>>()?;
+        Ok((keys, total))
+    }
+
+    /// A key by id (revoked keys included).
+    pub async fn get(&self, id: &str) -> Result<Option<ApiKey>, KeyStoreError> {
+        sqlx::query(&format!("SELECT {COLUMNS} FROM api_keys k WHERE k.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await?
+            .as_ref()
+            .map(row_to_key)
+            .transpose()
+    }
+
+    /// Applies a patch to a key that is not revoked; `None` when there is none.
+    pub async fn update(&self, id: &str, p: &KeyPatch) -> Result<Option<ApiKey>, KeyStoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET name = COALESCE($1, name), \
+             group_name = CASE WHEN $2 = 1 THEN $3 ELSE group_name END, \
+             expires_at_ms = CASE WHEN $4 = 1 THEN $5 ELSE expires_at_ms END, \
+             enabled = COALESCE($6, enabled) WHERE id = $7 AND revoked_at_ms IS NULL",
+        )
+        .bind(p.name.clone())
+        .bind(i64::from(p.group.is_some()))
+        .bind(p.group.clone().flatten())
+        .bind(i64::from(p.expires_at.is_some()))
+        .bind(p.expires_at.flatten().map(|t| t.timestamp_millis()))
+        .bind(p.enabled.map(i64::from))
+        .bind(id)
+        .execute(&self.db)
+        .await?;
+        self.clear_cache();
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.get(id).await
     }
 
     /// Enables or disables a key; takes effect within the cache lifetime.
     pub async fn set_enabled(&self, id: &ApiKeyId, enabled: bool) -> Result<bool, KeyStoreError> {
-        let done = sqlx::query("UPDATE api_keys SET enabled = $1 WHERE id = $2")
-            .bind(i64::from(enabled))
-            .bind(id.as_str())
-            .execute(&self.db)
-            .await?;
+        let patch = KeyPatch {
+            enabled: Some(enabled),
+            ..KeyPatch::default()
+        };
+        Ok(self.update(id.as_str(), &patch).await?.is_some())
+    }
+
+    /// Revokes a key for good; `false` when it does not exist or was revoked before.
+    pub async fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<bool, KeyStoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at_ms = $1, enabled = 0 \
+             WHERE id = $2 AND revoked_at_ms IS NULL",
+        )
+        .bind(now.timestamp_millis())
+        .bind(id)
+        .execute(&self.db)
+        .await?;
         self.clear_cache();
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Revokes every key of a user (when the user is deleted); returns their ids.
+    pub async fn revoke_all_of(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, KeyStoreError> {
+        let f = KeyFilter {
+            user_id: Some(user_id.to_owned()),
+            ..KeyFilter::default()
+        };
+        let mut out = Vec::new();
+        for k in self.list(&f, 0, i64::MAX).await?.0 {
+            if self.revoke(k.id.as_str(), now).await? {
+                out.push(k.id.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets cached lookups (after an administrative change in this process).
@@ -234,6 +387,9 @@ impl KeyStore {
             }
         };
         let key = key.ok_or(AuthError::Unknown)?;
+        if key.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
         if !key.enabled {
             return Err(AuthError::Disabled);
         }
@@ -244,8 +400,11 @@ impl KeyStore {
     }
 
     async fn fetch_by_hash(&self, hash: &str) -> Result<Option<Arc<ApiKey>>, AuthError> {
+        // A key whose owner is disabled or deleted reads as disabled.
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
+            "SELECT {COLUMNS}, CASE WHEN k.user_id IS NULL THEN 1 \
+             ELSE COALESCE(u.enabled, 0) END AS owner_enabled \
+             FROM api_keys k LEFT JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1"
         ))
         .bind(hash)
         .fetch_optional(&self.db)
@@ -256,10 +415,17 @@ impl KeyStore {
         })?;
         match row {
             None => Ok(None),
-            Some(row) => row_to_key(&row).map(|k| Some(Arc::new(k))).map_err(|e| {
-                tracing::error!(error = %e, "stored key is invalid");
-                AuthError::Store
-            }),
+            Some(row) => row_to_key(&row)
+                .and_then(|mut k| {
+                    let owner: i64 = row.try_get("owner_enabled")?;
+                    k.enabled &= owner != 0;
+                    Ok(k)
+                })
+                .map(|k| Some(Arc::new(k)))
+                .map_err(|e| {
+                    tracing::error!(error = %e, "stored key is invalid");
+                    AuthError::Store
+                }),
         }
     }
 }

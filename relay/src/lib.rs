@@ -9,9 +9,14 @@
 //!   secrets at rest, the SQL database; [`oauth`]: subscription-account login and
 //!   token refresh;
 //! - [`error`]: Anthropic-shaped client errors;
+//! - [`identity`], [`groups`]: users, tenants, roles, passwords, JWTs; account groups;
+//! - [`services`]: use cases shared by the admin API and the CLI (validation, audit
+//!   events, cache invalidation in one place);
+//! - [`admin`], [`ops`]: the admin API's thin handlers; `/api/v1/status`;
 //! - [`cmd`]: operator subcommands.
 
 pub mod accounts;
+pub mod admin;
 pub mod app;
 pub mod background;
 pub mod cli;
@@ -20,12 +25,16 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod groups;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
+pub mod ops;
 pub mod pool;
 pub mod proxy;
 pub mod server;
+pub mod services;
 pub mod startup;
 pub mod upstream;
 pub mod usage_tap;

@@ -28,13 +28,13 @@ async fn main() -> anyhow::Result<()> {
     match command {
         Command::Serve(config) => relay::startup::serve(cli.common, *config).await,
         Command::Migrate => {
-            Context::open(cli.common).await?;
+            Context::open(cli.common).await?.finish().await;
             tracing::info!("database is up to date");
             Ok(())
         }
         other => {
             let ctx = Context::open(cli.common).await?;
-            match other {
+            let result = match other {
                 Command::Project(a) => cmd::project::run(&ctx, &a).await,
                 Command::Rebuild(a) => cmd::rebuild::run(&ctx, &a).await,
                 Command::Reprice(a) => cmd::reprice::run(&ctx, &a).await,
@@ -42,8 +42,11 @@ async fn main() -> anyhow::Result<()> {
                 Command::Statement(a) => cmd::statement::run(&ctx, &a).await,
                 Command::Keys(k) => cmd::keys::run(&ctx, &k).await,
                 Command::Accounts(a) => cmd::accounts::run(&ctx, &a).await,
+                Command::Users(u) => cmd::users::run(&ctx, &u).await,
                 Command::Serve(_) | Command::Migrate => Ok(()),
-            }
+            };
+            ctx.finish().await;
+            result
         }
     }
 }

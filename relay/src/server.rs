@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/", get(crate::admin::landing).head(crate::proxy::hello))
         .merge(crate::proxy::routes())
+        .merge(crate::admin::routes())
+        .fallback(crate::proxy::not_found)
         .with_state(state)
 }
 

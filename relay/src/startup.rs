@@ -9,7 +9,9 @@ use crate::app::{AppInner, AppState};
 use crate::config::{CommonConfig, ServeConfig};
 use crate::crypto::Cipher;
 use crate::db::{self, Backend};
+use crate::identity::JwtKeys;
 use crate::keys::KeyStore;
+use crate::services::{ServiceSettings, Services};
 use anyhow::Context as _;
 use ingest::publisher::{Publisher, PublisherConfig};
 use ingest::EventLog;
@@ -93,6 +95,25 @@ pub async fn build_state(
     .await
     .context("cannot start the event publisher")?;
     let accounts = AccountStore::new(db.clone(), cipher);
+    let jwt = JwtKeys::load_or_create(
+        config.jwt_secret.as_deref(),
+        common.nats_url.is_some(),
+        &common.data_dir,
+        config.jwt_lifetime().map_err(anyhow::Error::msg)?,
+    )?;
+    let keys = KeyStore::new(db.clone());
+    let services = Services::new(
+        db.clone(),
+        keys.clone(),
+        accounts.clone(),
+        Some(jwt),
+        publisher.clone(),
+        ServiceSettings {
+            billing_tz: common.billing_tz().map_err(anyhow::Error::msg)?,
+            registration_enabled: config.registration_enabled,
+        },
+    );
+    bootstrap_admin(&services, &common, &config).await?;
     let proxy = Arc::new(crate::proxy::ProxyState::new(&config, publisher.clone()));
     // Read the head before the accounts, so every account change logged after this
     // load is seen by the admin watcher.
@@ -107,7 +128,8 @@ pub async fn build_state(
             .context("cannot load the upstream accounts")?,
     );
     Ok(AppState(Arc::new(AppInner {
-        keys: KeyStore::new(db.clone()),
+        keys,
+        services,
         accounts,
         proxy,
         common,
@@ -118,6 +140,44 @@ pub async fn build_state(
         shutdown,
         tracker,
     })))
+}
+
+/// Creates the first admin when there is no user yet. A generated password is printed
+/// once to stderr and written to `<DATA_DIR>/initial-admin-password` (mode 0600).
+async fn bootstrap_admin(
+    services: &Services,
+    common: &CommonConfig,
+    config: &ServeConfig,
+) -> anyhow::Result<()> {
+    let created = services
+        .bootstrap_admin(
+            &config.default_admin_username,
+            &config.default_admin_email,
+            config.default_admin_password.as_deref(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
+    if let Some((user, generated)) = created {
+        match generated {
+            Some(password) => {
+                let path = common.data_dir.join("initial-admin-password");
+                let _ = std::fs::remove_file(&path);
+                crate::crypto::write_private(&path, &format!("{password}\n"))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "created admin user {:?} with password {password} (also in {}); change it after logging in",
+                    user.username,
+                    path.display()
+                );
+            }
+            None => {
+                tracing::info!(username = %user.username, "created the admin user from DEFAULT_ADMIN_*")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `relay serve`: binds, serves until SIGINT/SIGTERM, then drains.

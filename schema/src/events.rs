@@ -261,6 +261,110 @@ pub struct AdminAction {
     pub summary: String,
 }
 
+macro_rules! admin_verbs {
+    ($($(#[$m:meta])* $v:ident = $s:literal,)*) => {
+        /// The typed verb of an [`AdminAction`]. On the wire it is the dotted string
+        /// (`AdminAction::action`), so events written before a verb existed, and verbs
+        /// added later, still read: [`AdminVerb::parse`] returns `None` for an unknown
+        /// one. Verbs are only ever added, never renamed (version 1 of the vocabulary).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum AdminVerb {
+            $($(#[$m])* $v,)*
+        }
+
+        impl AdminVerb {
+            /// Every verb, in declaration order.
+            pub const ALL: &'static [AdminVerb] = &[$(AdminVerb::$v,)*];
+
+            /// The dotted wire spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(AdminVerb::$v => $s,)*
+                }
+            }
+
+            /// Reads a dotted verb; `None` for one this version does not know.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($s => Some(AdminVerb::$v),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+admin_verbs! {
+    /// A tenant key was issued.
+    KeyCreate = "key.create",
+    /// A key's name, group, expiry or limits changed.
+    KeyUpdate = "key.update",
+    /// A key was enabled.
+    KeyEnable = "key.enable",
+    /// A key was disabled.
+    KeyDisable = "key.disable",
+    /// A key was revoked for good.
+    KeyRevoke = "key.revoke",
+    /// An upstream account was added.
+    AccountAdd = "account.add",
+    /// An account's settings or credential changed.
+    AccountUpdate = "account.update",
+    /// An account was enabled.
+    AccountEnable = "account.enable",
+    /// An account was disabled.
+    AccountDisable = "account.disable",
+    /// An account was removed.
+    AccountRemove = "account.remove",
+    /// An account's health was reset by an operator.
+    AccountReset = "account.reset",
+    /// An account was tested with a real request.
+    AccountTest = "account.test",
+    /// An OAuth account's access token was refreshed.
+    AccountTokenRefreshed = "account.token_refreshed",
+    /// Refreshing an OAuth account's access token failed.
+    AccountTokenRefreshFailed = "account.token_refresh_failed",
+    /// An account group was created.
+    GroupCreate = "group.create",
+    /// An account group was renamed or its remark changed.
+    GroupUpdate = "group.update",
+    /// An account group was deleted.
+    GroupDelete = "group.delete",
+    /// A user was created (by an admin, the CLI, first start or registration).
+    UserCreate = "user.create",
+    /// A user's role, tenant, email or enabled flag changed.
+    UserUpdate = "user.update",
+    /// A user's password was set or reset.
+    UserPassword = "user.password",
+    /// A user was deleted.
+    UserDelete = "user.delete",
+    /// Failed admin logins in one window, aggregated per source.
+    LoginFailures = "auth.login_failures",
+    /// A tenant's settings changed.
+    TenantUpdate = "tenant.update",
+}
+
+impl AdminAction {
+    /// An action with a typed verb.
+    pub fn new(
+        actor: impl Into<String>,
+        verb: AdminVerb,
+        target: impl Into<String>,
+        summary: impl Into<String>,
+    ) -> Self {
+        Self {
+            actor: actor.into(),
+            action: verb.as_str().to_owned(),
+            target: target.into(),
+            summary: summary.into(),
+        }
+    }
+
+    /// The typed verb, when this version knows it.
+    pub fn verb(&self) -> Option<AdminVerb> {
+        AdminVerb::parse(&self.action)
+    }
+}
+
 /// Why a client credential was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

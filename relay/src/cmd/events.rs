@@ -56,7 +56,12 @@ pub fn json_line(position: u64, envelope: &Envelope) -> anyhow::Result<String> {
 pub async fn run(ctx: &Context, args: &TailArgs) -> anyhow::Result<()> {
     let filter = type_filter(args.event_type.as_deref())?;
     let since = match &args.since {
-        Some(s) => Some(chrono::Utc::now() - super::keys::parse_duration(s)?),
+        Some(s) => Some(
+            chrono::Utc::now()
+                - crate::services::keys::parse_duration(s).ok_or_else(|| {
+                    anyhow::anyhow!("invalid duration {s:?}: use e.g. 30s, 15m, 2h, 7d")
+                })?,
+        ),
         None => None,
     };
     let after = args.from_seq.unwrap_or(0);

@@ -8,18 +8,19 @@ pub mod project;
 pub mod rebuild;
 pub mod reprice;
 pub mod statement;
+pub mod users;
 
+use crate::accounts::AccountStore;
 use crate::config::CommonConfig;
+use crate::keys::KeyStore;
+use crate::services::{ServiceError, ServiceSettings, Services};
 use crate::startup;
-use chrono::Utc;
 use ingest::publisher::{Publisher, PublisherConfig};
 use ingest::EventLog;
-use schema::{AdminAction, Envelope, Event};
 use sqlx::AnyPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 /// What every subcommand gets.
 pub struct Context {
@@ -29,48 +30,64 @@ pub struct Context {
     pub db: AnyPool,
     /// The event log.
     pub log: Arc<dyn EventLog>,
+    /// Publishes the commands' audit events (spooled if the log is unreachable).
+    publisher: Publisher,
+    /// Stops the publisher in [`Context::finish`].
+    shutdown: CancellationToken,
+    /// The publisher's task.
+    tracker: TaskTracker,
 }
 
 impl Context {
-    /// Opens the database and the event log.
+    /// Opens the database and the event log, and starts a publisher.
     pub async fn open(common: CommonConfig) -> anyhow::Result<Self> {
         startup::ensure_data_dir(&common)?;
         let db = startup::open_db(&common).await?;
         let log = startup::open_event_log(&common).await?;
-        Ok(Self { common, db, log })
-    }
-
-    /// Records an administrative action in the event log. Goes through the publisher
-    /// so that an unreachable log spools the event instead of losing it.
-    pub async fn record_admin(
-        &self,
-        action: &str,
-        target: &str,
-        summary: &str,
-    ) -> anyhow::Result<()> {
-        let envelope = Envelope::new(
-            Uuid::now_v7(),
-            Utc::now(),
-            Event::AdminAction(AdminAction {
-                actor: "cli".into(),
-                action: action.into(),
-                target: target.into(),
-                summary: summary.into(),
-            }),
-        );
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let publisher = Publisher::start(
-            self.log.clone(),
-            PublisherConfig::new(self.common.data_dir.join("spool.db")),
+            log.clone(),
+            PublisherConfig::new(common.data_dir.join("spool.db")),
             &tracker,
             shutdown.clone(),
         )
         .await?;
-        publisher.publish(envelope);
-        shutdown.cancel();
-        tracker.close();
-        tracker.wait().await;
-        Ok(())
+        Ok(Self {
+            common,
+            db,
+            log,
+            publisher,
+            shutdown,
+            tracker,
+        })
     }
+
+    /// The use cases, acting as `cli`.
+    pub fn services(&self) -> anyhow::Result<Services> {
+        let cipher = startup::cipher(&self.common)?;
+        Ok(Services::new(
+            self.db.clone(),
+            KeyStore::new(self.db.clone()),
+            AccountStore::new(self.db.clone(), cipher),
+            None,
+            self.publisher.clone(),
+            ServiceSettings {
+                billing_tz: self.common.billing_tz().map_err(anyhow::Error::msg)?,
+                registration_enabled: false,
+            },
+        ))
+    }
+
+    /// Flushes the audit events to the log (or the spool) and stops the publisher.
+    pub async fn finish(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// A service error as a CLI error: the message, without the HTTP code.
+pub fn fail(e: ServiceError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
 }

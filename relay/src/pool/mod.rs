@@ -485,6 +485,7 @@ mod tests {
             enabled: true,
             refresh_token: None,
             expires_at: None,
+            created_at: chrono::DateTime::default(),
         }
     }
 

@@ -135,6 +135,7 @@ mod tests {
             enabled: true,
             refresh_token: None,
             expires_at: None,
+            created_at: chrono::DateTime::default(),
         }
     }
 

@@ -129,7 +129,6 @@ pub async fn reload_accounts(state: &AppState) -> Result<(), crate::accounts::Ac
 /// The proxy routes (merged into the server's router).
 pub fn routes() -> Router<AppState> {
     let mut r = Router::new()
-        .route("/", head(hello))
         // Claude Code 2.1.112 probes `HEAD {base}`, which is `/api` for a prefixed base.
         .route("/api", head(hello))
         .route("/metrics", get(metrics));
@@ -144,16 +143,16 @@ pub fn routes() -> Router<AppState> {
             .route(&format!("{prefix}/v1/models/{{id}}"), get(model))
             .route(&format!("{prefix}/api/hello"), head(hello).get(hello));
     }
-    r.fallback(not_found)
+    r
 }
 
 /// Unknown paths get Anthropic's 404 shape, so SDKs report them sensibly.
-async fn not_found(uri: axum::http::Uri) -> Response {
+pub async fn not_found(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!("Not found: {}", uri.path())).into_response()
 }
 
 /// `HEAD /` and `HEAD /api/hello`: Claude Code's preconnect probe.
-async fn hello() -> StatusCode {
+pub async fn hello() -> StatusCode {
     StatusCode::OK
 }
 

@@ -5,7 +5,7 @@
 use crate::app::AppState;
 use chrono::Utc;
 use futures::StreamExt;
-use schema::{Category, Event};
+use schema::{AdminVerb, Category, Event};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -79,6 +79,21 @@ async fn fold_health(state: AppState) {
     }
 }
 
+/// Whether an administrative action changes what the pool must hold.
+fn reloads_accounts(verb: AdminVerb) -> bool {
+    use AdminVerb as V;
+    matches!(
+        verb,
+        V::AccountAdd
+            | V::AccountUpdate
+            | V::AccountEnable
+            | V::AccountDisable
+            | V::AccountRemove
+            | V::AccountTokenRefreshed
+            | V::GroupUpdate
+    )
+}
+
 /// Reloads accounts as soon as an administrative change to accounts is logged.
 /// Resubscribes after errors from the last position seen.
 async fn watch_admin(state: AppState, wake: Arc<Notify>) {
@@ -96,7 +111,7 @@ async fn watch_admin(state: AppState, wake: Arc<Notify>) {
                 let Some(Ok(stored)) = next else { break };
                 after = stored.position;
                 if let Event::AdminAction(a) = &stored.envelope.event {
-                    if a.action.starts_with("account.") {
+                    if a.verb().is_some_and(reloads_accounts) {
                         wake.notify_one();
                     }
                 }

@@ -47,7 +47,7 @@ async fn bad_credentials_are_refused_and_audited() {
     .await;
 
     // A disabled key stops working.
-    let keys = app.state.keys.list().await.unwrap();
+    let keys = app.state.keys.list_all().await.unwrap();
     app.state
         .keys
         .set_enabled(&keys[0].id, false)

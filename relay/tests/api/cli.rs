@@ -372,3 +372,147 @@ async fn migrations_and_key_commands_work_on_postgresql() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn first_start_generates_an_admin_password_and_the_cli_resets_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = Served::start(relay_cmd(tmp.path()));
+    let file = tmp.path().join("initial-admin-password");
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert!(password.len() >= 20);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let http = reqwest::Client::new();
+    let login = |p: String| {
+        let http = http.clone();
+        let url = format!("http://{}/api/v1/auth/login", served.addr);
+        async move {
+            http.post(url)
+                .json(&serde_json::json!({"username": "admin", "password": p}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = login(password.clone()).await;
+    assert_eq!(r.status(), 200);
+    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The seed's FAQ said "delete the row"; here it is a command.
+    let mut reset = relay_cmd(tmp.path());
+    reset.args(["users", "reset-password", "admin"]);
+    let out = run_ok(reset, "a-new-admin-password\n");
+    assert!(out.contains("reset"), "{out}");
+    let me = http
+        .get(format!("http://{}/api/v1/auth/me", served.addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        me.status(),
+        401,
+        "a token from before the reset still works"
+    );
+    assert_eq!(login(password).await.status(), 401);
+    assert_eq!(login("a-new-admin-password".into()).await.status(), 200);
+    assert!(served.terminate().success());
+}
+
+#[tokio::test]
+async fn keys_and_accounts_are_managed_from_the_cli_with_one_audit_event_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut create = relay_cmd(tmp.path());
+    create.args([
+        "keys", "create", "--name", "leaky", "--tenant", "acme", "--group", "vip",
+    ]);
+    let out = run_ok(create, "");
+    let id = out.split_whitespace().nth(2).unwrap().to_owned();
+    assert!(id.starts_with("key_"), "{out}");
+    let mut revoke = relay_cmd(tmp.path());
+    revoke.args(["keys", "revoke", &id]);
+    run_ok(revoke, "");
+    let mut again = relay_cmd(tmp.path());
+    let failed = again
+        .args(["keys", "revoke", &id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "revoking twice succeeded");
+    let mut list = relay_cmd(tmp.path());
+    list.args(["keys", "list"]);
+    assert!(!run_ok(list, "").contains(&id));
+
+    let mut add = relay_cmd(tmp.path());
+    add.args([
+        "accounts",
+        "add",
+        "--name",
+        "main",
+        "--base-url",
+        "http://127.0.0.1:9",
+    ]);
+    run_ok(add, "sk-ant-api03-cli-account\n");
+    for verb in ["disable", "enable", "reset"] {
+        let mut c = relay_cmd(tmp.path());
+        c.args(["accounts", verb, "main"]);
+        run_ok(c, "");
+    }
+    let mut upd = relay_cmd(tmp.path());
+    upd.args([
+        "accounts",
+        "update",
+        "main",
+        "--priority",
+        "7",
+        "--group",
+        "vip",
+    ]);
+    run_ok(upd, "");
+    let mut list = relay_cmd(tmp.path());
+    list.args(["accounts", "list"]);
+    let listed = run_ok(list, "");
+    assert!(
+        listed.contains("\t7\t") && listed.contains("\tvip\t"),
+        "{listed}"
+    );
+    let mut rm = relay_cmd(tmp.path());
+    rm.args(["accounts", "remove", "main"]);
+    run_ok(rm, "");
+    let mut list = relay_cmd(tmp.path());
+    list.args(["accounts", "list"]);
+    assert!(!run_ok(list, "").contains("main"));
+
+    let mut tail = relay_cmd(tmp.path());
+    tail.args(["events", "tail", "--no-follow", "--type", "admin.action"]);
+    let events = run_ok(tail, "");
+    let count = |verb: &str| {
+        events
+            .lines()
+            .filter(|l| l.contains(&format!("\"action\":\"{verb}\"")))
+            .count()
+    };
+    for (verb, n) in [
+        ("key.create", 1),
+        ("key.revoke", 1),
+        ("group.create", 1),
+        ("account.add", 1),
+        ("account.disable", 1),
+        ("account.enable", 1),
+        ("account.reset", 1),
+        ("account.update", 1),
+        ("account.remove", 1),
+    ] {
+        assert_eq!(count(verb), n, "{verb} in {events}");
+    }
+    assert!(
+        events.lines().all(|l| l.contains("\"actor\":\"cli\"")),
+        "{events}"
+    );
+    assert!(!events.contains("sk-ant-api03-cli-account"));
+}

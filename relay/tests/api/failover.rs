@@ -440,6 +440,7 @@ async fn no_account_and_busy_answers_say_whose_limit() {
             tenant: schema::TenantId::parse("tenant_b").unwrap(),
             group: Some("vip".into()),
             expires_at: None,
+            user_id: None,
         })
         .await
         .unwrap();

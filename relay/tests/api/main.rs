@@ -5,6 +5,7 @@
 // Test helpers and test proxies outside `#[test]` functions panic on purpose.
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
+mod admin;
 mod auth_input;
 mod cli;
 mod cli_projections;
@@ -47,25 +48,37 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
+/// The first admin's password in every test relay.
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+
 /// Starts a relay with extra `serve` flags (e.g. `["--max-attempts", "2"]`).
+/// Projectors are off unless the flags say `--projectors on`.
 pub async fn spawn_app(flags: &[&str]) -> TestApp {
+    spawn_app_on(None, flags).await
+}
+
+/// Starts a relay on the given database (`None`: SQLite in its `DATA_DIR`).
+pub async fn spawn_app_on(database_url: Option<String>, flags: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap().to_owned();
     let mut argv: Vec<String> = vec![
         "relay".into(),
         "--data-dir".into(),
         data_dir,
-        "--projectors".into(),
-        "off".into(),
         "--encryption-key".into(),
         "11".repeat(32),
+        "--default-admin-password".into(),
+        ADMIN_PASSWORD.into(),
     ];
+    if !flags.contains(&"--projectors") {
+        argv.extend(["--projectors".into(), "off".into()]);
+    }
     argv.extend(flags.iter().map(|s| s.to_string()));
     let args = Args::try_parse_from(argv).unwrap();
     let mut common = args.common;
-    // The tests choose the embedded stores regardless of the environment.
+    // The tests choose their stores regardless of the environment.
     common.nats_url = None;
-    common.database_url = None;
+    common.database_url = database_url;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let state = relay::startup::build_state(common, args.serve, shutdown.clone(), tracker)
@@ -78,6 +91,7 @@ pub async fn spawn_app(flags: &[&str]) -> TestApp {
             tenant: TenantId::parse("tenant_a").unwrap(),
             group: None,
             expires_at: None,
+            user_id: None,
         })
         .await
         .unwrap();
@@ -130,6 +144,46 @@ impl<'a> Acc<'a> {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Logs in and returns the bearer token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "login failed: {body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// An admin API call: method, path, bearer token, optional JSON body; returns the
+    /// status and the JSON body (`Null` when the body is not JSON).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Adds an upstream account pointing at `mock` and reloads the pool.
