@@ -117,6 +117,21 @@ pub struct AccountPatch {
     pub enabled: Option<bool>,
 }
 
+/// What an OAuth account's login and refreshes recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthMeta {
+    /// Granted scopes.
+    pub scopes: Option<String>,
+    /// `max`, `pro`, … from the profile endpoint.
+    pub subscription_type: Option<String>,
+    /// The login's e-mail.
+    pub email: Option<String>,
+    /// Last successful refresh.
+    pub refreshed_at: Option<DateTime<Utc>>,
+    /// Token sets stored so far.
+    pub token_version: i64,
+}
+
 /// Errors managing accounts.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountStoreError {
@@ -230,25 +245,10 @@ impl AccountStore {
         Ok(id)
     }
 
-    /// Stores refreshed OAuth tokens. A missing refresh token keeps the old one.
-    pub async fn update_tokens(
-        &self,
-        id: &AccountId,
-        access_token: &Secret,
-        refresh_token: Option<&Secret>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<(), AccountStoreError> {
-        sqlx::query(
-            "UPDATE accounts SET credential_enc = $1, \
-             refresh_token_enc = COALESCE($2, refresh_token_enc), expires_at_ms = $3 WHERE id = $4",
-        )
-        .bind(self.cipher.seal(access_token))
-        .bind(refresh_token.map(|t| self.cipher.seal(t)))
-        .bind(expires_at.timestamp_millis())
-        .bind(id.as_str())
-        .execute(&self.db)
-        .await?;
-        Ok(())
+    /// The cipher sealing this store's secrets (shared with other sealed state, such
+    /// as pending OAuth logins).
+    pub fn cipher(&self) -> &Cipher {
+        &self.cipher
     }
 
     /// One account by id, credential opened.
@@ -330,6 +330,116 @@ impl AccountStore {
                 Some(id.as_str()) != except
             }
         })
+    }
+
+    /// The token version of an account (grows with every stored token set).
+    pub async fn token_version(&self, id: &str) -> Result<Option<i64>, AccountStoreError> {
+        let row = sqlx::query("SELECT token_version FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await?;
+        Ok(row.map(|r| r.try_get("token_version")).transpose()?)
+    }
+
+    /// Takes the refresh lease of an account until `until` if nobody holds it;
+    /// `true` when this caller got it.
+    pub async fn try_lock_refresh(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, AccountStoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET refresh_lock_until_ms = $1 WHERE id = $2 \
+             AND (refresh_lock_until_ms IS NULL OR refresh_lock_until_ms < $3)",
+        )
+        .bind(until.timestamp_millis())
+        .bind(id)
+        .bind(now.timestamp_millis())
+        .execute(&self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the refresh lease back.
+    pub async fn unlock_refresh(&self, id: &str) -> Result<(), AccountStoreError> {
+        sqlx::query("UPDATE accounts SET refresh_lock_until_ms = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores refreshed tokens only over the version they were refreshed from (so a
+    /// stale refresh token is never written back) and releases the lease. `false` when
+    /// the version moved meanwhile and nothing was written.
+    pub async fn store_refreshed(
+        &self,
+        id: &str,
+        seen_version: i64,
+        access_token: &Secret,
+        refresh_token: Option<&Secret>,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AccountStoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET credential_enc = $1, \
+             refresh_token_enc = COALESCE($2, refresh_token_enc), expires_at_ms = $3, \
+             token_version = token_version + 1, refreshed_at_ms = $4, \
+             refresh_lock_until_ms = NULL WHERE id = $5 AND token_version = $6",
+        )
+        .bind(self.cipher.seal(access_token))
+        .bind(refresh_token.map(|t| self.cipher.seal(t)))
+        .bind(expires_at.timestamp_millis())
+        .bind(now.timestamp_millis())
+        .bind(id)
+        .bind(seen_version)
+        .execute(&self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records what the OAuth login learnt about the account.
+    pub async fn set_oauth_meta(
+        &self,
+        id: &str,
+        scopes: Option<&str>,
+        subscription_type: Option<&str>,
+        email: Option<&str>,
+    ) -> Result<(), AccountStoreError> {
+        sqlx::query(
+            "UPDATE accounts SET oauth_scopes = COALESCE($1, oauth_scopes), \
+             subscription_type = COALESCE($2, subscription_type), \
+             oauth_email = COALESCE($3, oauth_email) WHERE id = $4",
+        )
+        .bind(scopes.map(str::to_owned))
+        .bind(subscription_type.map(str::to_owned))
+        .bind(email.map(str::to_owned))
+        .bind(id)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// OAuth facts of an account: scopes, subscription type, e-mail, last refresh,
+    /// token version.
+    pub async fn oauth_meta(&self, id: &str) -> Result<Option<OAuthMeta>, AccountStoreError> {
+        let row = sqlx::query(
+            "SELECT oauth_scopes, subscription_type, oauth_email, refreshed_at_ms, token_version \
+             FROM accounts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let refreshed: Option<i64> = r.try_get("refreshed_at_ms")?;
+        Ok(Some(OAuthMeta {
+            scopes: r.try_get("oauth_scopes")?,
+            subscription_type: r.try_get("subscription_type")?,
+            email: r.try_get("oauth_email")?,
+            refreshed_at: refreshed.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            token_version: r.try_get("token_version")?,
+        }))
     }
 
     /// Every account, credentials opened, in name order.

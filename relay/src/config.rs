@@ -178,6 +178,26 @@ pub struct ServeConfig {
     #[arg(long, env = "OAUTH_TOKEN_URL", default_value = crate::oauth::DEFAULT_TOKEN_URL)]
     pub oauth_token_url: String,
 
+    /// OAuth client id used for login and refresh.
+    #[arg(long, env = "OAUTH_CLIENT_ID", default_value = crate::oauth::CLIENT_ID)]
+    pub oauth_client_id: String,
+
+    /// OAuth login page (`POST /oauth/auth-url` builds the link to it).
+    #[arg(long, env = "OAUTH_AUTHORIZE_URL", default_value = crate::oauth::DEFAULT_AUTHORIZE_URL)]
+    pub oauth_authorize_url: String,
+
+    /// OAuth redirect URI (the page that shows `code#state`).
+    #[arg(long, env = "OAUTH_REDIRECT_URI", default_value = crate::oauth::REDIRECT_URI)]
+    pub oauth_redirect_uri: String,
+
+    /// OAuth scopes requested at login, space-separated.
+    #[arg(long, env = "OAUTH_SCOPES", default_value = crate::oauth::SCOPES)]
+    pub oauth_scopes: String,
+
+    /// How long a started OAuth login may be finished, seconds.
+    #[arg(long, env = "OAUTH_STATE_TTL", default_value_t = 600)]
+    pub oauth_state_ttl_secs: u64,
+
     /// How often to look for OAuth access tokens that need refreshing, seconds.
     #[arg(long, env = "OAUTH_REFRESH_CHECK_SECS", default_value_t = 60)]
     pub oauth_refresh_check_secs: u64,
@@ -266,6 +286,17 @@ impl ServeConfig {
             _ => String::new(),
         };
         Some(format!("{scheme}://{auth}{host}:{port}"))
+    }
+
+    /// The OAuth constants in force.
+    pub fn oauth(&self) -> crate::oauth::OAuthConfig {
+        crate::oauth::OAuthConfig {
+            client_id: self.oauth_client_id.clone(),
+            authorize_url: self.oauth_authorize_url.clone(),
+            token_url: self.oauth_token_url.clone(),
+            redirect_uri: self.oauth_redirect_uri.clone(),
+            scopes: self.oauth_scopes.clone(),
+        }
     }
 
     /// `JWT_EXPIRES` parsed: a number of hours, or `30m`, `24h`, `7d`.

@@ -27,6 +27,33 @@ pub const SCOPES: &str =
 /// Refresh when less than this remains, as the CLI does.
 pub const REFRESH_MARGIN_SECS: i64 = 300;
 
+/// Every OAuth constant, overridable in configuration so tests can point at a mock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthConfig {
+    /// The public client id.
+    pub client_id: String,
+    /// The login page.
+    pub authorize_url: String,
+    /// The token endpoint (both grants).
+    pub token_url: String,
+    /// The redirect URI that shows `code#state` to paste.
+    pub redirect_uri: String,
+    /// Space-separated scopes.
+    pub scopes: String,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            client_id: CLIENT_ID.into(),
+            authorize_url: DEFAULT_AUTHORIZE_URL.into(),
+            token_url: DEFAULT_TOKEN_URL.into(),
+            redirect_uri: REDIRECT_URI.into(),
+            scopes: SCOPES.into(),
+        }
+    }
+}
+
 /// Errors of the OAuth flow.
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
@@ -86,13 +113,13 @@ impl Pkce {
     }
 
     /// The URL the operator opens to log in.
-    pub fn authorize_url(&self, authorize_base: &str) -> String {
+    pub fn authorize_url(&self, cfg: &OAuthConfig) -> String {
         let q = [
             ("code", "true"),
-            ("client_id", CLIENT_ID),
+            ("client_id", cfg.client_id.as_str()),
             ("response_type", "code"),
-            ("redirect_uri", REDIRECT_URI),
-            ("scope", SCOPES),
+            ("redirect_uri", cfg.redirect_uri.as_str()),
+            ("scope", cfg.scopes.as_str()),
             ("code_challenge", &self.challenge),
             ("code_challenge_method", "S256"),
             ("state", &self.state),
@@ -101,7 +128,7 @@ impl Pkce {
             .iter()
             .map(|(k, v)| format!("{k}={}", urlencode(v)))
             .collect();
-        format!("{authorize_base}?{}", query.join("&"))
+        format!("{}?{}", cfg.authorize_url, query.join("&"))
     }
 }
 
@@ -161,6 +188,8 @@ pub struct TokenSet {
     pub expires_at: DateTime<Utc>,
     /// The account's e-mail, when the endpoint reports it (for display only).
     pub email: Option<String>,
+    /// Granted scopes, space-separated, when reported.
+    pub scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +198,7 @@ struct TokenResponse {
     refresh_token: Option<String>,
     expires_in: Option<i64>,
     account: Option<TokenAccount>,
+    scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -201,13 +231,14 @@ async fn post_token(
         refresh_token: t.refresh_token.map(Secret::new),
         expires_at: now + Duration::seconds(expires_in),
         email: t.account.and_then(|a| a.email_address),
+        scope: t.scope,
     })
 }
 
 /// Exchanges an authorization code (grant `authorization_code`, JSON body).
 pub async fn exchange_code(
     http: &reqwest::Client,
-    token_url: &str,
+    cfg: &OAuthConfig,
     pkce: &Pkce,
     pasted: &str,
     now: DateTime<Utc>,
@@ -219,27 +250,59 @@ pub async fn exchange_code(
     let body = serde_json::json!({
         "grant_type": "authorization_code",
         "code": code,
-        "redirect_uri": REDIRECT_URI,
-        "client_id": CLIENT_ID,
+        "redirect_uri": cfg.redirect_uri,
+        "client_id": cfg.client_id,
         "code_verifier": pkce.verifier.expose(),
         "state": pkce.state,
     });
-    post_token(http, token_url, body, now).await
+    post_token(http, &cfg.token_url, body, now).await
 }
 
 /// Refreshes an access token (grant `refresh_token`, JSON body).
 pub async fn refresh(
     http: &reqwest::Client,
-    token_url: &str,
+    cfg: &OAuthConfig,
     refresh_token: &Secret,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, OAuthError> {
     let body = serde_json::json!({
         "grant_type": "refresh_token",
         "refresh_token": refresh_token.expose(),
-        "client_id": CLIENT_ID,
+        "client_id": cfg.client_id,
     });
-    post_token(http, token_url, body, now).await
+    post_token(http, &cfg.token_url, body, now).await
+}
+
+/// The subscription type (`max`, `pro`, `team`, `enterprise`) from
+/// `GET {base}/api/oauth/profile`; `None` when the token may not read it (setup tokens)
+/// or the call fails.
+pub async fn subscription_type(
+    http: &reqwest::Client,
+    base_url: &str,
+    access_token: &Secret,
+) -> Option<String> {
+    let resp = http
+        .get(format!(
+            "{}/api/oauth/profile",
+            base_url.trim_end_matches('/')
+        ))
+        .bearer_auth(access_token.expose())
+        .header("anthropic-beta", "oauth-2025-04-20")
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let v: serde_json::Value = resp.json().await.ok()?;
+    let t = v["organization"]["organization_type"].as_str()?;
+    Some(
+        t.strip_prefix("claude_")
+            .unwrap_or(t)
+            .chars()
+            .take(32)
+            .collect(),
+    )
 }
 
 /// Whether a token expiring at `expires_at` should be refreshed at `now`.
@@ -262,7 +325,7 @@ mod tests {
             challenge_of("dBjftJeZ4CVP-mA92tLwb3bqtmdHGwZz05aUzjDqAgM"),
             "6LXLuxD_nK6K_SjfpAkpTtdhYha3ev9VmRWK2-VeeW8"
         );
-        let url = p.authorize_url(DEFAULT_AUTHORIZE_URL);
+        let url = p.authorize_url(&OAuthConfig::default());
         assert!(url.contains("code_challenge_method=S256"));
         assert!(url.contains(&format!("state={}", p.state)));
         assert!(url.contains("scope=org%3Acreate_api_key%20user%3Aprofile"));

@@ -16,6 +16,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(crate::admin::landing).head(crate::proxy::hello))
         .merge(crate::proxy::routes())
         .merge(crate::admin::routes())
+        .merge(crate::oauth_onboarding::routes())
         .fallback(crate::proxy::not_found)
         .with_state(state)
 }

@@ -115,6 +115,12 @@ pub async fn build_state(
     );
     bootstrap_admin(&services, &common, &config).await?;
     let proxy = Arc::new(crate::proxy::ProxyState::new(&config, publisher.clone()));
+    let refresher = Arc::new(crate::token_refresh::TokenRefresher::new(
+        accounts.clone(),
+        config.oauth(),
+        config.global_proxy_url(),
+        publisher.clone(),
+    ));
     // Read the head before the accounts, so every account change logged after this
     // load is seen by the admin watcher.
     let as_of = log.head().await.context("cannot read the event log head")?;
@@ -130,6 +136,7 @@ pub async fn build_state(
     Ok(AppState(Arc::new(AppInner {
         keys,
         services,
+        refresher,
         accounts,
         proxy,
         common,

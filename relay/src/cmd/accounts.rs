@@ -128,6 +128,11 @@ async fn update(s: &Services, a: &AccountUpdateArgs) -> anyhow::Result<()> {
 }
 
 async fn oauth_login(s: &Services, args: &OAuthLoginArgs) -> anyhow::Result<()> {
+    let cfg = oauth::OAuthConfig {
+        authorize_url: args.authorize_url.clone(),
+        token_url: args.token_url.clone(),
+        ..oauth::OAuthConfig::default()
+    };
     let pkce = oauth::Pkce::generate();
     {
         let mut out = std::io::stdout().lock();
@@ -135,7 +140,7 @@ async fn oauth_login(s: &Services, args: &OAuthLoginArgs) -> anyhow::Result<()> 
             out,
             "Open this URL, log in, and paste the code shown (code#state):"
         )?;
-        writeln!(out, "{}", pkce.authorize_url(&args.authorize_url))?;
+        writeln!(out, "{}", pkce.authorize_url(&cfg))?;
         out.flush()?;
     }
     let mut line = String::new();
@@ -146,14 +151,8 @@ async fn oauth_login(s: &Services, args: &OAuthLoginArgs) -> anyhow::Result<()> 
     if let Some(proxy) = &args.account.proxy {
         http = http.proxy(reqwest::Proxy::all(proxy).context("invalid --proxy")?);
     }
-    let tokens = oauth::exchange_code(
-        &http.build()?,
-        &args.token_url,
-        &pkce,
-        &line,
-        chrono::Utc::now(),
-    )
-    .await?;
+    let tokens =
+        oauth::exchange_code(&http.build()?, &cfg, &pkce, &line, chrono::Utc::now()).await?;
     let mut input = create_input(&args.account, tokens.access_token.expose().to_owned());
     input.platform_type = Some(PlatformType::Claude);
     input.refresh_token = tokens.refresh_token;

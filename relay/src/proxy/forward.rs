@@ -6,9 +6,11 @@
 use super::body;
 use super::context::{error_response, Finished, RequestCtx, RELAY_REQUEST_ID};
 use super::headers;
+use crate::accounts::AccountKind;
 use crate::error::ApiError;
 use crate::pool::health::{self, Signal};
 use crate::pool::{AccountRuntime, NoAccount, PickRequest};
+use crate::token_refresh::Why;
 use crate::usage_tap;
 use axum::response::Response;
 use bytes::Bytes;
@@ -66,8 +68,16 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
     let max_attempts = config.max_attempts.max(1);
     let mut tried: Vec<Arc<AccountRuntime>> = Vec::new();
     let mut last: Option<Failure> = None;
+    // OAuth accounts whose token was refreshed after a 401 in this request: each gets
+    // one retry with the new token, which does not count against MAX_ATTEMPTS.
+    let mut refreshed: Vec<schema::AccountId> = Vec::new();
+    let mut attempt = 0;
 
-    for attempt in 1..=max_attempts {
+    loop {
+        attempt += 1;
+        if attempt > max_attempts + refreshed.len() as u32 {
+            break;
+        }
         let pick = proxy.pool.pick(
             PickRequest {
                 group: ctx.key.group.as_deref(),
@@ -166,6 +176,39 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
             let body = read_error_body(resp).await;
             ctx.add_upstream(started.elapsed());
             let summary = usage_tap::summarize_json(&body);
+            if status == 401
+                && account.kind == AccountKind::OAuth
+                && account.refresh_token.is_some()
+                && !refreshed.contains(&account.id)
+            {
+                refreshed.push(account.id.clone());
+                let renewed = state
+                    .refresher
+                    .refresh(account, &account.credential, Why::Rejected)
+                    .await;
+                match renewed {
+                    Ok(true) => {
+                        tracing::info!(account = %account.id, "upstream 401; token refreshed, retrying");
+                        ctx.record_usage(
+                            &account.id,
+                            attempt,
+                            status,
+                            summary.model.as_deref(),
+                            ctx.stream,
+                            &summary.usage,
+                            Completeness::Complete,
+                        );
+                        if let Err(e) = super::reload_accounts(&state).await {
+                            tracing::warn!(error = %e, "cannot reload accounts after a token refresh");
+                        }
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(account = %account.id, error = %e, "token refresh after a 401 failed");
+                    }
+                }
+            }
             let evidence = evidence(status, &upstream_headers, summary.error.as_ref());
             tracing::info!(account = %account.id, status, "upstream refused; failing over if possible");
             proxy.pool.observe(

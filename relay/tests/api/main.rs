@@ -12,6 +12,7 @@ mod cli_projections;
 mod clients;
 mod failover;
 mod forwarding;
+mod oauth;
 mod proxies;
 mod streams;
 
