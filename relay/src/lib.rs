@@ -15,6 +15,7 @@
 //! - [`admin`], [`ops`]: the admin API's thin handlers; `/api/v1/status`;
 //! - [`cmd`]: operator subcommands.
 
+pub mod account_probe;
 pub mod accounts;
 pub mod admin;
 pub mod app;

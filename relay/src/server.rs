@@ -17,6 +17,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::proxy::routes())
         .merge(crate::admin::routes())
         .merge(crate::oauth_onboarding::routes())
+        .merge(crate::account_probe::routes())
         .fallback(crate::proxy::not_found)
         .with_state(state)
 }

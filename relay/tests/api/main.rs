@@ -6,6 +6,7 @@
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod admin;
+mod admin_ops;
 mod auth_input;
 mod cli;
 mod cli_projections;
