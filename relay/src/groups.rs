@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
 /// One group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Group {
     /// Id.
     pub id: i64,

@@ -1,6 +1,9 @@
 //! Bearer-token authentication of admin requests, and the `/api/v1/auth/*` handlers.
 
-use super::error::{AdminError, Body};
+use super::error::{
+    AdminError, BadRequest, Body, Conflict, Forbidden, TooManyRequests, Unauthorized,
+};
+use super::routes::{ok_message, OkMessage};
 use crate::app::AppState;
 use crate::identity::User;
 use crate::services::users::CreateUser;
@@ -10,6 +13,7 @@ use axum::http::request::Parts;
 use axum::Json;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use utoipa::ToSchema;
 
 /// The logged-in user making the request. Rejection: 40101.
 pub struct Auth(pub Actor);
@@ -48,7 +52,7 @@ impl FromRequestParts<AppState> for Auth {
 }
 
 /// `POST /api/v1/auth/login` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     /// User name.
@@ -58,6 +62,17 @@ pub struct LoginBody {
 }
 
 /// `POST /api/v1/auth/login` → `{token, expires_at, user}`.
+#[utoipa::path(
+    post, path = "/api/v1/auth/login", tag = "auth",
+    summary = "Logs in: a bearer token for the other routes",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "A bearer token for the other routes", body = crate::services::users::LoginResult),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -72,7 +87,7 @@ pub async fn login(
 }
 
 /// `POST /api/v1/auth/register` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// User name.
@@ -84,6 +99,17 @@ pub struct RegisterBody {
 }
 
 /// `POST /api/v1/auth/register` (only when `REGISTRATION_ENABLED=true`).
+#[utoipa::path(
+    post, path = "/api/v1/auth/register", tag = "auth",
+    summary = "Registers a user in a tenant of their own (only when `REGISTRATION_ENABLED=true`)",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "The new user, in a tenant of their own", body = User),
+        (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+    )
+)]
 pub async fn register(
     State(state): State<AppState>,
     Body(b): Body<RegisterBody>,
@@ -102,6 +128,15 @@ pub async fn register(
 }
 
 /// `GET /api/v1/auth/me`.
+#[utoipa::path(
+    get, path = "/api/v1/auth/me", tag = "auth",
+    summary = "The logged-in user",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The logged-in user", body = User),
+        (status = 401, response = Unauthorized),
+    )
+)]
 pub async fn me(auth: Auth) -> Result<Json<User>, AdminError> {
     auth.user()
         .cloned()
@@ -110,7 +145,7 @@ pub async fn me(auth: Auth) -> Result<Json<User>, AdminError> {
 }
 
 /// `POST /api/v1/auth/password` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
     /// The current password.
@@ -121,11 +156,22 @@ pub struct PasswordBody {
 
 /// `POST /api/v1/auth/password`: changes one's own password; every token issued
 /// before stops working.
+#[utoipa::path(
+    post, path = "/api/v1/auth/password", tag = "auth",
+    summary = "Changes one's own password; every token issued before stops working",
+    request_body = PasswordBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changed; log in again", body = OkMessage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+    )
+)]
 pub async fn password(
     State(state): State<AppState>,
     auth: Auth,
     Body(b): Body<PasswordBody>,
-) -> Result<Json<serde_json::Value>, AdminError> {
+) -> Result<Json<OkMessage>, AdminError> {
     let user = auth
         .user()
         .ok_or_else(|| AdminError::unauthenticated("not logged in"))?;
@@ -133,7 +179,5 @@ pub async fn password(
         .services
         .change_own_password(user, &b.old_password, b.new_password)
         .await?;
-    Ok(Json(
-        serde_json::json!({ "ok": true, "message": "password changed; log in again" }),
-    ))
+    Ok(ok_message("password changed; log in again"))
 }

@@ -7,6 +7,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+use utoipa::{ToResponse, ToSchema};
 
 /// An admin API error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +69,53 @@ impl From<ServiceError> for AdminError {
     }
 }
 
+/// The body of every admin API error.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// Seed code; the HTTP status is the code divided by 100.
+    #[schema(example = 40001)]
+    pub code: u32,
+}
+
+/// Bad input: not JSON, wrong types, unknown fields, values out of range (40001).
+#[derive(ToResponse)]
+pub struct BadRequest(pub ErrorBody);
+
+/// No bearer token, or one that is expired, forged, or of a disabled user (40101).
+#[derive(ToResponse)]
+pub struct Unauthorized(pub ErrorBody);
+
+/// Logged in but not allowed: the administrator role is required (40301).
+#[derive(ToResponse)]
+pub struct Forbidden(pub ErrorBody);
+
+/// No such object, or one the caller may not see (40401).
+#[derive(ToResponse)]
+pub struct NotFound(pub ErrorBody);
+
+/// A duplicate, or an object still in use (40901).
+#[derive(ToResponse)]
+pub struct Conflict(pub ErrorBody);
+
+/// Too many failed logins; wait the seconds in `Retry-After` (42901).
+#[derive(ToResponse)]
+#[response(headers(("retry-after" = u64, description = "Seconds to wait")))]
+pub struct TooManyRequests(pub ErrorBody);
+
+/// Something failed on the relay's side; the detail is logged, never returned (50001).
+#[derive(ToResponse)]
+pub struct Internal(pub ErrorBody);
+
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message, "code": self.code });
-        let mut r = (self.status(), axum::Json(body)).into_response();
+        let status = self.status();
+        let body = ErrorBody {
+            error: self.message,
+            code: self.code,
+        };
+        let mut r = (status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 r.headers_mut().insert(http::header::RETRY_AFTER, v);

@@ -4,10 +4,12 @@
 //!
 //! - [`error`]: [`AdminError`] and the body extractors that turn bad input into 40001;
 //! - [`auth`]: the bearer-token extractor, login, registration, `me`, password;
-//! - [`routes`]: accounts, groups, keys, users, tenants and the read side.
+//! - [`routes`]: accounts, groups, keys, users, tenants and the read side;
+//! - [`openapi`]: the OpenAPI document of all of it, served at `/api/v1/openapi.json`.
 
 pub mod auth;
 pub mod error;
+pub mod openapi;
 pub mod routes;
 
 pub use error::AdminError;

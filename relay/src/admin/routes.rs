@@ -1,7 +1,10 @@
 //! Admin API routes: accounts, groups, keys, users, tenants, and the read side.
 
 use super::auth::{self, Auth};
-use super::error::{not_found, nullable, AdminError, Body, Id, Query};
+use super::error::{
+    not_found, nullable, AdminError, BadRequest, Body, Conflict, Forbidden, Id, NotFound, Query,
+    Unauthorized,
+};
 use crate::app::AppState;
 use crate::groups::Group;
 use crate::identity::{Role, Tenant, User};
@@ -18,6 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 type Res<T> = Result<Json<T>, AdminError>;
 
@@ -62,13 +66,17 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/admin/audit", get(audit))
         .route("/api/v1/status", get(crate::ops::status))
+        .route("/api/v1/openapi.json", get(super::openapi::serve))
         .route("/api/v1/{*rest}", axum::routing::any(not_found))
 }
 
 /// `page` and `limit` of every list.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
+    /// Page number, from 1 (default 1).
     page: Option<i64>,
+    /// Items per page, 1 to 100 (default 10).
     limit: Option<i64>,
 }
 
@@ -82,22 +90,52 @@ fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
 
-fn ok_message(m: &str) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true, "message": m }))
+/// The answer of a change that returns no object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OkMessage {
+    /// Always `true`.
+    ok: bool,
+    /// What was done.
+    message: String,
+}
+
+pub(super) fn ok_message(m: &str) -> Json<OkMessage> {
+    Json(OkMessage {
+        ok: true,
+        message: m.to_owned(),
+    })
 }
 
 // ------------------------------------------------------------------ accounts
 
-#[derive(Debug, Deserialize)]
-struct AccountFilter {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AccountFilter {
+    /// Page number, from 1 (default 1).
     page: Option<i64>,
+    /// Items per page, 1 to 100 (default 10).
     limit: Option<i64>,
+    /// Only accounts of this platform type.
     platform_type: Option<PlatformType>,
+    /// Only accounts in this group.
     group_id: Option<i64>,
+    /// Only accounts in this health state (`healthy`, `rate_limited`, …).
     status: Option<String>,
 }
 
-async fn list_accounts(
+/// Lists upstream accounts with their live status.
+#[utoipa::path(
+    get, path = "/api/v1/admin/accounts", tag = "accounts",
+    params(AccountFilter),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of accounts", body = Page<AccountView>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    )
+)]
+pub(super) async fn list_accounts(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(f): Query<AccountFilter>,
@@ -111,22 +149,46 @@ async fn list_accounts(
 }
 
 /// `POST /api/v1/admin/accounts` body: the seed's fields plus ours.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateAccountBody {
+pub(super) struct CreateAccountBody {
+    /// Unique name.
     name: String,
+    /// `claude` (a subscription token, sent as Bearer) or `claude_console` (an API
+    /// key, sent as `x-api-key`; the default).
     platform_type: Option<PlatformType>,
+    /// Upstream base URL (default `https://api.anthropic.com`).
     request_url: Option<String>,
+    /// The upstream credential; stored sealed, never shown again.
     secret_key: String,
+    /// Group to put the account in.
     group_id: Option<i64>,
+    /// Priority tier, lower first (default 0).
     priority: Option<i64>,
+    /// Weight within the tier (default 1).
     weight: Option<i64>,
+    /// Proxy URL (`http`, `https` or `socks5`).
     proxy: Option<String>,
+    /// Most concurrent requests (0 = unlimited).
     concurrency: Option<i64>,
+    /// Whether scheduled (default true).
     enabled: Option<bool>,
 }
 
-async fn create_account(
+/// Adds an upstream account.
+#[utoipa::path(
+    post, path = "/api/v1/admin/accounts", tag = "accounts",
+    request_body = CreateAccountBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The account", body = AccountView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn create_account(
     State(s): State<AppState>,
     Auth(a): Auth,
     Body(b): Body<CreateAccountBody>,
@@ -155,7 +217,19 @@ async fn create_account(
     Ok(created(v))
 }
 
-async fn get_account(
+/// One account.
+#[utoipa::path(
+    get, path = "/api/v1/admin/accounts/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "Account id (`acc_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn get_account(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
@@ -163,24 +237,50 @@ async fn get_account(
     Ok(Json(s.services.get_account(&a, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/v1/admin/accounts/{id}` body: absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateAccountBody {
+pub(super) struct UpdateAccountBody {
+    /// New name.
     name: Option<String>,
+    /// New platform type.
     platform_type: Option<PlatformType>,
+    /// New upstream base URL.
     request_url: Option<String>,
+    /// New upstream credential.
     secret_key: Option<String>,
+    /// New group; `null` takes the account out of its group.
     #[serde(default, deserialize_with = "nullable")]
     group_id: Option<Option<i64>>,
+    /// New priority tier.
     priority: Option<i64>,
+    /// New weight.
     weight: Option<i64>,
+    /// New proxy URL; `null` removes the proxy.
     #[serde(default, deserialize_with = "nullable")]
     proxy: Option<Option<String>>,
+    /// New concurrency limit.
     concurrency: Option<i64>,
+    /// Schedule the account or not.
     enabled: Option<bool>,
 }
 
-async fn update_account(
+/// Changes an account.
+#[utoipa::path(
+    patch, path = "/api/v1/admin/accounts/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "Account id (`acc_…`)")),
+    request_body = UpdateAccountBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed account", body = AccountView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn update_account(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
@@ -201,16 +301,40 @@ async fn update_account(
     Ok(Json(s.services.update_account(&a, &id, u).await?))
 }
 
-async fn delete_account(
+/// Removes an account.
+#[utoipa::path(
+    delete, path = "/api/v1/admin/accounts/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "Account id (`acc_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Removed", body = OkMessage),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn delete_account(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
-) -> Res<serde_json::Value> {
+) -> Res<OkMessage> {
     s.services.delete_account(&a, &id).await?;
     Ok(ok_message("account removed"))
 }
 
-async fn reset_account(
+/// Clears an account's health state (back to healthy).
+#[utoipa::path(
+    post, path = "/api/v1/admin/accounts/{id}/reset", tag = "accounts",
+    params(("id" = String, Path, description = "Account id (`acc_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn reset_account(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
@@ -218,7 +342,19 @@ async fn reset_account(
     Ok(Json(s.services.reset_account(&a, &id).await?))
 }
 
-async fn enable_account(
+/// Schedules an account again.
+#[utoipa::path(
+    post, path = "/api/v1/admin/accounts/{id}/enable", tag = "accounts",
+    params(("id" = String, Path, description = "Account id (`acc_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn enable_account(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
@@ -226,7 +362,19 @@ async fn enable_account(
     Ok(Json(s.services.set_account_enabled(&a, &id, true).await?))
 }
 
-async fn disable_account(
+/// Stops scheduling an account.
+#[utoipa::path(
+    post, path = "/api/v1/admin/accounts/{id}/disable", tag = "accounts",
+    params(("id" = String, Path, description = "Account id (`acc_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn disable_account(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
@@ -236,7 +384,18 @@ async fn disable_account(
 
 // ------------------------------------------------------------------ groups
 
-async fn list_groups(
+/// Lists account groups (every user may read them, to pick one for a key).
+#[utoipa::path(
+    get, path = "/api/v1/groups", tag = "groups",
+    params(Paging),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of groups", body = Page<Group>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+    )
+)]
+pub(super) async fn list_groups(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(p): Query<Paging>,
@@ -244,15 +403,31 @@ async fn list_groups(
     Ok(Json(s.services.list_groups(&a, p.req()?).await?))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/groups` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct GroupBody {
+pub(super) struct GroupBody {
+    /// Unique name.
     name: String,
+    /// Free text.
     #[serde(default)]
     remark: String,
 }
 
-async fn create_group(
+/// Creates an account group.
+#[utoipa::path(
+    post, path = "/api/v1/groups", tag = "groups",
+    request_body = GroupBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The group", body = Group),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn create_group(
     State(s): State<AppState>,
     Auth(a): Auth,
     Body(b): Body<GroupBody>,
@@ -262,18 +437,51 @@ async fn create_group(
     ))
 }
 
-async fn get_group(State(s): State<AppState>, Auth(a): Auth, Id(id): Id<i64>) -> Res<Group> {
+/// One group.
+#[utoipa::path(
+    get, path = "/api/v1/groups/{id}", tag = "groups",
+    params(("id" = i64, Path, description = "Group id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The group", body = Group),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn get_group(
+    State(s): State<AppState>,
+    Auth(a): Auth,
+    Id(id): Id<i64>,
+) -> Res<Group> {
     Ok(Json(s.services.get_group(&a, id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/v1/groups/{id}` body: absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct GroupPatch {
+pub(super) struct GroupPatch {
+    /// New name (renamed on its accounts and keys too).
     name: Option<String>,
+    /// New remark.
     remark: Option<String>,
 }
 
-async fn update_group(
+/// Renames a group or changes its remark.
+#[utoipa::path(
+    patch, path = "/api/v1/groups/{id}", tag = "groups",
+    params(("id" = i64, Path, description = "Group id")),
+    request_body = GroupPatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed group", body = Group),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn update_group(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<i64>,
@@ -286,11 +494,24 @@ async fn update_group(
     ))
 }
 
-async fn delete_group(
+/// Deletes a group that no account or key uses.
+#[utoipa::path(
+    delete, path = "/api/v1/groups/{id}", tag = "groups",
+    params(("id" = i64, Path, description = "Group id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Deleted", body = OkMessage),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn delete_group(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<i64>,
-) -> Res<serde_json::Value> {
+) -> Res<OkMessage> {
     s.services.delete_group(&a, id).await?;
     Ok(ok_message("group deleted"))
 }
@@ -298,19 +519,29 @@ async fn delete_group(
 // ------------------------------------------------------------------ keys
 
 /// A key as the API shows it: never the secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct KeyView {
+    /// Id (`key_…`).
     id: String,
+    /// Display name.
     name: String,
     /// `prefix…last4`.
     key: String,
+    /// The user who owns the key.
     user_id: Option<String>,
+    /// Tenant billed for the key.
     tenant: String,
+    /// Account group the key is served by; none = accounts without a group.
     group: Option<String>,
+    /// Disabled keys are refused.
     enabled: bool,
+    /// Revoked keys are refused for good.
     revoked: bool,
+    /// When revoked.
     revoked_at: Option<DateTime<Utc>>,
+    /// When the key stops working.
     expires_at: Option<DateTime<Utc>>,
+    /// Creation time.
     created_at: DateTime<Utc>,
 }
 
@@ -332,17 +563,34 @@ impl From<ApiKey> for KeyView {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct KeyFilterQuery {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct KeyFilterQuery {
+    /// Page number, from 1 (default 1).
     page: Option<i64>,
+    /// Items per page, 1 to 100 (default 10).
     limit: Option<i64>,
+    /// Only this user's keys (administrators; a user sees only their own).
     user_id: Option<String>,
+    /// Only this tenant's keys (administrators).
     tenant: Option<String>,
+    /// List revoked keys too.
     #[serde(default)]
     include_revoked: bool,
 }
 
-async fn list_keys(
+/// Lists keys: a user's own, or any for an administrator.
+#[utoipa::path(
+    get, path = "/api/v1/api-keys", tag = "keys",
+    params(KeyFilterQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of keys", body = Page<KeyView>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+    )
+)]
+pub(super) async fn list_keys(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(q): Query<KeyFilterQuery>,
@@ -360,16 +608,42 @@ async fn list_keys(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/api-keys` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateKeyBody {
+pub(super) struct CreateKeyBody {
+    /// Display name.
     name: String,
+    /// Owner (administrators; a user's key is their own).
     user_id: Option<String>,
+    /// Account group the key is served by.
     group_id: Option<i64>,
+    /// Expiry: RFC 3339, or `YYYY-MM-DD HH:MM:SS` in the billing zone.
     expires_at: Option<String>,
 }
 
-async fn create_key(
+/// A new key: the secret, shown this once, and the key as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CreatedKey {
+    /// The key itself (`sk-…`); it is stored hashed and never shown again.
+    key: String,
+    /// The key as listings show it.
+    api_key: KeyView,
+}
+
+/// Issues a key.
+#[utoipa::path(
+    post, path = "/api/v1/api-keys", tag = "keys",
+    request_body = CreateKeyBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The key, with its secret shown this once", body = CreatedKey),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn create_key(
     State(s): State<AppState>,
     Auth(a): Auth,
     Body(b): Body<CreateKeyBody>,
@@ -388,28 +662,62 @@ async fn create_key(
             },
         )
         .await?;
-    Ok(created(serde_json::json!({
-        "key": secret.expose(),
-        "api_key": KeyView::from(key),
-    })))
+    Ok(created(CreatedKey {
+        key: secret.expose().to_owned(),
+        api_key: KeyView::from(key),
+    }))
 }
 
-async fn get_key(State(s): State<AppState>, Auth(a): Auth, Id(id): Id<String>) -> Res<KeyView> {
+/// One key.
+#[utoipa::path(
+    get, path = "/api/v1/api-keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn get_key(
+    State(s): State<AppState>,
+    Auth(a): Auth,
+    Id(id): Id<String>,
+) -> Res<KeyView> {
     Ok(Json(s.services.get_key(&a, &id).await?.into()))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/v1/api-keys/{id}` body: absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateKeyBody {
+pub(super) struct UpdateKeyBody {
+    /// New name.
     name: Option<String>,
+    /// New group; `null` = accounts without a group.
     #[serde(default, deserialize_with = "nullable")]
     group_id: Option<Option<i64>>,
+    /// New expiry; `null` = never.
     #[serde(default, deserialize_with = "nullable")]
     expires_at: Option<Option<String>>,
+    /// Enable or disable.
     enabled: Option<bool>,
 }
 
-async fn update_key(
+/// Changes a key.
+#[utoipa::path(
+    patch, path = "/api/v1/api-keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    request_body = UpdateKeyBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed key", body = KeyView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn update_key(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
@@ -436,20 +744,52 @@ async fn update_key(
     Ok(Json(k.into()))
 }
 
-async fn revoke_key(State(s): State<AppState>, Auth(a): Auth, Id(id): Id<String>) -> Res<KeyView> {
+/// Revokes a key for good.
+#[utoipa::path(
+    delete, path = "/api/v1/api-keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn revoke_key(
+    State(s): State<AppState>,
+    Auth(a): Auth,
+    Id(id): Id<String>,
+) -> Res<KeyView> {
     Ok(Json(s.services.revoke_key(&a, &id).await?.into()))
 }
 
 // ------------------------------------------------------------------ users
 
-#[derive(Debug, Deserialize)]
-struct UserFilter {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct UserFilter {
+    /// Page number, from 1 (default 1).
     page: Option<i64>,
+    /// Items per page, 1 to 100 (default 10).
     limit: Option<i64>,
+    /// Only this tenant's users.
     tenant: Option<String>,
 }
 
-async fn list_users(
+/// Lists users.
+#[utoipa::path(
+    get, path = "/api/v1/admin/users", tag = "users",
+    params(UserFilter),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of users", body = Page<User>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    )
+)]
+pub(super) async fn list_users(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(q): Query<UserFilter>,
@@ -460,17 +800,36 @@ async fn list_users(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/admin/users` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateUserBody {
+pub(super) struct CreateUserBody {
+    /// Unique login name.
     username: String,
+    /// Unique e-mail address.
     email: String,
+    /// 8 to 256 characters.
     password: String,
+    /// Role (default `user`).
     role: Option<Role>,
+    /// Tenant (default: a new tenant named after the user).
     tenant: Option<String>,
 }
 
-async fn create_user(
+/// Creates a user.
+#[utoipa::path(
+    post, path = "/api/v1/admin/users", tag = "users",
+    request_body = CreateUserBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The user", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn create_user(
     State(s): State<AppState>,
     Auth(a): Auth,
     Body(b): Body<CreateUserBody>,
@@ -491,7 +850,23 @@ async fn create_user(
     Ok(created(u))
 }
 
-async fn get_user(State(s): State<AppState>, Auth(a): Auth, Id(id): Id<String>) -> Res<User> {
+/// One user.
+#[utoipa::path(
+    get, path = "/api/v1/admin/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "User id (`usr_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn get_user(
+    State(s): State<AppState>,
+    Auth(a): Auth,
+    Id(id): Id<String>,
+) -> Res<User> {
     if !a.is_admin() {
         return Err(
             crate::services::ServiceError::Forbidden("administrator role required".into()).into(),
@@ -506,17 +881,38 @@ async fn get_user(State(s): State<AppState>, Auth(a): Auth, Id(id): Id<String>) 
         .ok_or_else(|| AdminError::not_found("user not found"))
 }
 
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/v1/admin/users/{id}` body: absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateUserBody {
+pub(super) struct UpdateUserBody {
+    /// New e-mail address.
     email: Option<String>,
+    /// New role (the last enabled administrator cannot lose it).
     role: Option<Role>,
+    /// Enable or disable; a disabled user's tokens and keys stop working.
     enabled: Option<bool>,
+    /// Move to another tenant.
     tenant: Option<String>,
+    /// New password; every token issued before stops working.
     password: Option<String>,
 }
 
-async fn update_user(
+/// Changes a user.
+#[utoipa::path(
+    patch, path = "/api/v1/admin/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "User id (`usr_…`)")),
+    request_body = UpdateUserBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed user", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn update_user(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
@@ -539,16 +935,41 @@ async fn update_user(
     ))
 }
 
-async fn delete_user(
+/// Deletes a user and revokes their keys.
+#[utoipa::path(
+    delete, path = "/api/v1/admin/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "User id (`usr_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Deleted", body = OkMessage),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+pub(super) async fn delete_user(
     State(s): State<AppState>,
     Auth(a): Auth,
     Id(id): Id<String>,
-) -> Res<serde_json::Value> {
+) -> Res<OkMessage> {
     s.services.delete_user(&a, &id).await?;
     Ok(ok_message("user deleted; their keys are revoked"))
 }
 
-async fn list_tenants(
+/// Lists tenants.
+#[utoipa::path(
+    get, path = "/api/v1/admin/tenants", tag = "users",
+    params(Paging),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of tenants", body = Page<Tenant>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    )
+)]
+pub(super) async fn list_tenants(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(p): Query<Paging>,
@@ -558,21 +979,43 @@ async fn list_tenants(
 
 // ------------------------------------------------------------------ reads
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct UsageParams {
+pub(super) struct UsageParams {
+    /// First day `YYYY-MM-DD` (default: 29 days before `to`).
     from: Option<String>,
+    /// Last day `YYYY-MM-DD` (default: today).
     to: Option<String>,
+    /// `day` (default), `month`, `year` or `total`.
     granularity: Option<String>,
+    /// Comma list of `tenant`, `key`, `account`, `model`.
     group_by: Option<String>,
+    /// `UTC` (default), an offset (`+08:00`) or an IANA zone.
     tz: Option<String>,
+    /// Only this tenant (a user: only their own).
     tenant: Option<String>,
+    /// Only this key.
     api_key: Option<String>,
+    /// Only this account.
     account: Option<String>,
+    /// Only this model.
     model: Option<String>,
 }
 
-async fn usage(
+/// Usage totals with exact costs, bucketed and grouped.
+#[utoipa::path(
+    get, path = "/api/v1/usage", tag = "reads",
+    params(UsageParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Usage rows", body = UsageAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn usage(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(q): Query<UsageParams>,
@@ -591,15 +1034,34 @@ async fn usage(
     Ok(Json(s.services.usage(&a, q).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct StatementParams {
+pub(super) struct StatementParams {
+    /// The tenant (required for administrators; a user gets their own).
     tenant: Option<String>,
+    /// `YYYY-MM`, UTC (default: this month).
     month: Option<String>,
+    /// `json` (default) or `csv`.
     format: Option<String>,
 }
 
-async fn statement(
+/// A tenant's monthly statement.
+#[utoipa::path(
+    get, path = "/api/v1/statements", tag = "reads",
+    params(StatementParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The statement, as JSON or (`format=csv`) CSV", content(
+            (crate::services::schemas::Statement = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn statement(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(q): Query<StatementParams>,
@@ -624,26 +1086,40 @@ async fn statement(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct LogParams {
+pub(super) struct LogParams {
+    /// Items, 1 to 100 (default 10).
     limit: Option<i64>,
+    /// Only entries below this log position (the previous page's `next_before_position`).
     before_position: Option<u64>,
+    /// Only this tenant (a user: only their own).
     tenant: Option<String>,
+    /// Only this key.
     api_key: Option<String>,
+    /// Only this account.
     account: Option<String>,
+    /// Only this model.
     model: Option<String>,
+    /// Only this outcome.
     outcome: Option<String>,
+    /// Only this request id.
     request_id: Option<String>,
+    /// Finished at or after (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Finished before (RFC 3339).
     to: Option<DateTime<Utc>>,
 }
 
 /// A cursor-paged list (logs are append-only: pass `next_before_position` back).
-#[derive(Debug, Serialize)]
-struct Cursor<T> {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Cursor<T> {
+    /// Newest first.
     items: Vec<T>,
+    /// Page size.
     limit: u32,
+    /// Where the next page starts; none on the last page.
     next_before_position: Option<u64>,
 }
 
@@ -662,7 +1138,19 @@ fn short(v: Option<String>) -> Result<Option<String>, AdminError> {
     }
 }
 
-async fn logs(
+/// The request log: metadata and usage of each request, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/logs", tag = "reads",
+    params(LogParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of requests", body = Cursor<crate::services::schemas::RequestLogEntry>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn logs(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(q): Query<LogParams>,
@@ -690,18 +1178,37 @@ async fn logs(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct AuditParams {
+pub(super) struct AuditParams {
+    /// Items, 1 to 100 (default 10).
     limit: Option<i64>,
+    /// Only entries below this log position (the previous page's `next_before_position`).
     before_position: Option<u64>,
+    /// `admin.action` or `auth.failed`.
     kind: Option<String>,
+    /// Only this actor (a user id, or `cli`).
     actor: Option<String>,
+    /// At or after (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Before (RFC 3339).
     to: Option<DateTime<Utc>>,
 }
 
-async fn audit(
+/// The audit log: administrative actions and authentication failures, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/admin/audit", tag = "reads",
+    params(AuditParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of audit entries", body = Cursor<crate::services::schemas::AuditEntry>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    )
+)]
+pub(super) async fn audit(
     State(s): State<AppState>,
     Auth(a): Auth,
     Query(q): Query<AuditParams>,

@@ -7,7 +7,7 @@ use sqlx::{AnyPool, Row};
 use uuid::Uuid;
 
 /// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything.
@@ -36,7 +36,7 @@ impl Role {
 }
 
 /// A user as stored (the password hash stays in the store).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// `usr_…`.
     pub id: String,
@@ -49,6 +49,7 @@ pub struct User {
     /// Disabled users cannot log in, their tokens and keys stop working.
     pub enabled: bool,
     /// The tenant billed for this user's keys.
+    #[schema(value_type = String)]
     pub tenant: TenantId,
     /// Creation time.
     pub created_at: DateTime<Utc>,
@@ -58,9 +59,10 @@ pub struct User {
 }
 
 /// A tenant: an organisation billed as one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Tenant {
     /// Tenant id as it appears on events and statements.
+    #[schema(value_type = String)]
     pub id: TenantId,
     /// Display name.
     pub name: String,

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// The seed's platform types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlatformType {
     /// A Claude subscription (OAuth access token or long-lived setup token, sent as
@@ -36,7 +36,7 @@ impl PlatformType {
 }
 
 /// An account as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AccountView {
     /// Id.
     pub id: String,
@@ -45,6 +45,7 @@ pub struct AccountView {
     /// `claude` (OAuth) or `claude_console` (API key).
     pub platform_type: PlatformType,
     /// `oauth` or `api_key`.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// Upstream base URL, credentials removed.
     pub request_url: String,
@@ -71,7 +72,7 @@ pub struct AccountView {
 }
 
 /// Health and utilisation of an account, from the projection.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct AccountStatusView {
     /// `healthy`, `rate_limited`, …
     pub state: String,

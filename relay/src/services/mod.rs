@@ -5,11 +5,15 @@
 //! Every function takes the [`Actor`] and scopes what it reads and changes to what the
 //! actor may see: a `user` sees only their own keys and their own tenant's usage;
 //! anything else reads as "not found", so ids cannot be probed.
+//!
+//! [`schemas`] describes, for the admin API's OpenAPI document, the read-model rows
+//! these functions return but cannot derive a schema on.
 
 pub mod accounts;
 pub mod groups;
 pub mod keys;
 pub mod reads;
+pub mod schemas;
 pub mod users;
 
 use crate::accounts::AccountStore;
@@ -187,7 +191,7 @@ impl PageReq {
 }
 
 /// One page of results.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,

@@ -33,17 +33,19 @@ pub struct UsageQuery {
 }
 
 /// Answer of `GET /api/v1/usage`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageAnswer {
     /// First day.
     pub from: NaiveDate,
     /// Last day.
     pub to: NaiveDate,
     /// Bucket size.
+    #[schema(value_type = super::schemas::Period)]
     pub granularity: Period,
     /// Display offset in minutes east of UTC.
     pub tz_offset_minutes: i32,
     /// Rows.
+    #[schema(value_type = Vec<super::schemas::UsageRow>)]
     pub items: Vec<UsageRow>,
 }
 

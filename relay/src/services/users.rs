@@ -63,7 +63,7 @@ impl LoginThrottle {
 }
 
 /// A successful login.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct LoginResult {
     /// The bearer token.
     pub token: String,

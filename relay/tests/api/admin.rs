@@ -40,6 +40,8 @@ async fn walkthrough(database_url: Option<String>) {
     let mock = MockUpstream::start().await;
     let app = spawn_app_on(database_url, &["--projectors", "on"]).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
+    // Every answer below has the shape the OpenAPI document gives.
+    let doc = openapi(&app).await;
 
     // The seed's example body creates a working account.
     let (status, acc) = app
@@ -58,6 +60,7 @@ async fn walkthrough(database_url: Option<String>) {
         )
         .await;
     assert_eq!(status, 201, "{acc}");
+    conforms(&doc, "POST", "/api/v1/admin/accounts", status, &acc);
     assert_eq!(acc["kind"], "api_key");
     assert_eq!(acc["status"]["state"], "healthy");
     assert!(!acc.to_string().contains(SECRET));
@@ -71,6 +74,7 @@ async fn walkthrough(database_url: Option<String>) {
         )
         .await;
     assert_eq!(status, 201, "{created}");
+    conforms(&doc, "POST", "/api/v1/api-keys", status, &created);
     let key = created["key"].as_str().unwrap().to_owned();
     let shown = created["api_key"]["key"].as_str().unwrap();
     assert!(
@@ -104,6 +108,15 @@ async fn walkthrough(database_url: Option<String>) {
     )
     .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
+    let (status, usage) = app
+        .api(
+            "GET",
+            "/api/v1/usage?granularity=total&group_by=tenant,key,account,model",
+            Some(&admin),
+            None,
+        )
+        .await;
+    conforms(&doc, "GET", "/api/v1/usage", status, &usage);
     assert_eq!(rows[0]["tenant"], tenant.as_str());
     assert_eq!(rows[0]["api_key"], key_id.as_str());
     assert_eq!(rows[0]["account"], acc["id"]);
@@ -119,6 +132,7 @@ async fn walkthrough(database_url: Option<String>) {
         )
         .await;
     assert_eq!(status, 200, "{st}");
+    conforms(&doc, "GET", "/api/v1/statements", status, &st);
     assert_eq!(st["totals"]["requests"], 1);
     assert_eq!(st["totals"]["cost"], rows[0]["cost"]);
     let csv = app
@@ -140,12 +154,14 @@ async fn walkthrough(database_url: Option<String>) {
         .api("GET", "/api/v1/logs?limit=5", Some(&admin), None)
         .await;
     assert_eq!(status, 200, "{logs}");
+    conforms(&doc, "GET", "/api/v1/logs", status, &logs);
     assert_eq!(logs["items"][0]["api_key"], key_id.as_str());
 
     let (status, audit) = app
         .api("GET", "/api/v1/admin/audit?limit=100", Some(&admin), None)
         .await;
     assert_eq!(status, 200);
+    conforms(&doc, "GET", "/api/v1/admin/audit", status, &audit);
     let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -159,8 +175,16 @@ async fn walkthrough(database_url: Option<String>) {
 
     let (status, st) = app.api("GET", "/api/v1/status", None, None).await;
     assert_eq!(status, 200);
+    conforms(&doc, "GET", "/api/v1/status", status, &st);
     assert_eq!(st["database_status"], "ok");
     assert_eq!(st["accounts"]["total"], 1);
+
+    // Last, as its usage has no tenant: testing the account.
+    let path = "/api/v1/admin/accounts/{id}/test";
+    let url = path.replace("{id}", acc["id"].as_str().unwrap());
+    let (status, probe) = app.api("POST", &url, Some(&admin), None).await;
+    assert_eq!((status, &probe["ok"]), (200, &json!(true)), "{probe}");
+    conforms(&doc, "POST", path, status, &probe);
     app.stop().await;
 }
 
@@ -267,8 +291,59 @@ async fn two_tenants() -> Two {
     }
 }
 
-/// Every admin route, with `{key}`, `{user}`, `{account}`, `{group}` and `{tenant}`
-/// standing for another tenant's ids, and a body valid enough to pass parsing.
+/// The OpenAPI document as served (public).
+async fn openapi(app: &TestApp) -> Value {
+    let r = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    r.json().await.unwrap()
+}
+
+/// One operation of the OpenAPI document.
+struct Operation {
+    /// `GET`, `POST`, …
+    method: String,
+    /// The path template, `{id}` standing for a path parameter.
+    path: String,
+    /// Whether it needs a bearer token.
+    secured: bool,
+}
+
+fn operations(doc: &Value) -> Vec<Operation> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            ops.push(Operation {
+                method: method.to_uppercase(),
+                path: path.clone(),
+                secured: op["security"][0].get("bearer").is_some(),
+            });
+        }
+    }
+    ops
+}
+
+/// The routes that need no token.
+const PUBLIC: [&str; 4] = [
+    "GET /api/v1/openapi.json",
+    "GET /api/v1/status",
+    "POST /api/v1/auth/login",
+    "POST /api/v1/auth/register",
+];
+
+/// Every admin route that needs a token, as `(method, path, body)`: `{id}` stands for
+/// the id of the object the path names and `{tenant}` for a tenant (see [`Ids`]); the
+/// body is valid enough to pass parsing. The tests walk the OpenAPI document's
+/// operations and take their bodies from here, so a route in one and not the other
+/// fails them.
 fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
     vec![
         ("GET", "/api/v1/auth/me", None),
@@ -283,34 +358,35 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "/api/v1/admin/accounts",
             Some(json!({"name": "x", "secret_key": "sk-ant-api03-x"})),
         ),
-        ("GET", "/api/v1/admin/accounts/{account}", None),
+        ("GET", "/api/v1/admin/accounts/{id}", None),
         (
             "PATCH",
-            "/api/v1/admin/accounts/{account}",
+            "/api/v1/admin/accounts/{id}",
             Some(json!({"priority": 3})),
         ),
-        ("DELETE", "/api/v1/admin/accounts/{account}", None),
-        ("POST", "/api/v1/admin/accounts/{account}/reset", None),
-        ("POST", "/api/v1/admin/accounts/{account}/enable", None),
-        ("POST", "/api/v1/admin/accounts/{account}/disable", None),
+        ("DELETE", "/api/v1/admin/accounts/{id}", None),
+        ("POST", "/api/v1/admin/accounts/{id}/reset", None),
+        ("POST", "/api/v1/admin/accounts/{id}/enable", None),
+        ("POST", "/api/v1/admin/accounts/{id}/disable", None),
+        (
+            "POST",
+            "/api/v1/admin/accounts/{id}/test",
+            Some(json!({"model": "claude-haiku-4-5"})),
+        ),
         ("GET", "/api/v1/groups", None),
         ("POST", "/api/v1/groups", Some(json!({"name": "g2"}))),
-        ("GET", "/api/v1/groups/{group}", None),
-        (
-            "PATCH",
-            "/api/v1/groups/{group}",
-            Some(json!({"remark": "r"})),
-        ),
-        ("DELETE", "/api/v1/groups/{group}", None),
+        ("GET", "/api/v1/groups/{id}", None),
+        ("PATCH", "/api/v1/groups/{id}", Some(json!({"remark": "r"}))),
+        ("DELETE", "/api/v1/groups/{id}", None),
         ("GET", "/api/v1/api-keys", None),
         ("POST", "/api/v1/api-keys", Some(json!({"name": "k"}))),
-        ("GET", "/api/v1/api-keys/{key}", None),
+        ("GET", "/api/v1/api-keys/{id}", None),
         (
             "PATCH",
-            "/api/v1/api-keys/{key}",
+            "/api/v1/api-keys/{id}",
             Some(json!({"name": "stolen"})),
         ),
-        ("DELETE", "/api/v1/api-keys/{key}", None),
+        ("DELETE", "/api/v1/api-keys/{id}", None),
         ("GET", "/api/v1/admin/users", None),
         (
             "POST",
@@ -319,13 +395,13 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
                 json!({"username": "mallory", "email": "m@example.com", "password": "mallory-pw"}),
             ),
         ),
-        ("GET", "/api/v1/admin/users/{user}", None),
+        ("GET", "/api/v1/admin/users/{id}", None),
         (
             "PATCH",
-            "/api/v1/admin/users/{user}",
+            "/api/v1/admin/users/{id}",
             Some(json!({"enabled": false})),
         ),
-        ("DELETE", "/api/v1/admin/users/{user}", None),
+        ("DELETE", "/api/v1/admin/users/{id}", None),
         ("GET", "/api/v1/admin/tenants", None),
         ("GET", "/api/v1/usage?tenant={tenant}", None),
         ("GET", "/api/v1/statements?tenant={tenant}", None),
@@ -334,10 +410,234 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
     ]
 }
 
+/// A `routes()` path without its query: the document's path template.
+fn template(path: &str) -> &str {
+    path.split('?').next().unwrap()
+}
+
+/// The document's operations that need a token, in its order, each with its
+/// `routes()` entry.
+fn secured_routes(doc: &Value) -> Vec<(&'static str, &'static str, Option<Value>)> {
+    let table = routes();
+    operations(doc)
+        .into_iter()
+        .filter(|op| op.secured)
+        .map(|op| {
+            table
+                .iter()
+                .find(|(m, p, _)| *m == op.method && template(p) == op.path)
+                .cloned()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{} {} is in the OpenAPI document but not in routes(): add it there \
+                         with a body that passes parsing",
+                        op.method, op.path
+                    )
+                })
+        })
+        .collect()
+}
+
+/// What stands for `{id}` (by the collection the path names) and `{tenant}`.
+struct Ids<'a> {
+    account: &'a str,
+    group: &'a str,
+    key: &'a str,
+    user: &'a str,
+    tenant: &'a str,
+}
+
+impl Ids<'_> {
+    /// `path` with its placeholders filled.
+    fn fill(&self, path: &str) -> String {
+        let path = path.replace("{tenant}", self.tenant);
+        let Some((collection, rest)) = path.split_once("/{id}") else {
+            return path;
+        };
+        let id = match collection {
+            "/api/v1/admin/accounts" => self.account,
+            "/api/v1/groups" => self.group,
+            "/api/v1/api-keys" => self.key,
+            "/api/v1/admin/users" => self.user,
+            other => panic!("no id stands for {other}/{{id}}: add one to Ids"),
+        };
+        format!("{collection}/{id}{rest}")
+    }
+}
+
+fn resolve<'d>(doc: &'d Value, reference: &str) -> &'d Value {
+    let target = reference
+        .strip_prefix('#')
+        .and_then(|pointer| doc.pointer(pointer));
+    target.unwrap_or_else(|| panic!("dangling reference {reference}"))
+}
+
+/// Where `value` departs from `schema` (references resolved in `doc`): a wrong JSON
+/// type, a value outside an enum, a required field missing, a field the schema does not
+/// name.
+fn mismatches(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        return mismatches(doc, resolve(doc, r), value, at, out);
+    }
+    if let Some(branches) = schema["oneOf"].as_array() {
+        let fits = |b: &Value| {
+            let mut e = Vec::new();
+            mismatches(doc, b, value, at, &mut e);
+            e.is_empty()
+        };
+        if !branches.iter().any(fits) {
+            out.push(format!("{at}: {value} matches none of {schema}"));
+        }
+        return;
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let is = |t: &str| match t {
+        "null" => value.is_null(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => false,
+    };
+    if !types.is_empty() && !types.iter().any(|t| is(t)) {
+        out.push(format!("{at}: {value} is not {types:?}"));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            out.push(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+    }
+    match value {
+        Value::Object(fields) => {
+            if let Some(props) = schema["properties"].as_object() {
+                let required = schema["required"].as_array().into_iter().flatten();
+                for name in required.filter_map(Value::as_str) {
+                    if !fields.contains_key(name) {
+                        out.push(format!("{at}: {name} is missing"));
+                    }
+                }
+                for (k, v) in fields {
+                    match props.get(k) {
+                        Some(s) => mismatches(doc, s, v, &format!("{at}.{k}"), out),
+                        None => out.push(format!("{at}.{k}: not in the schema")),
+                    }
+                }
+            } else if schema["additionalProperties"].is_object() {
+                for (k, v) in fields {
+                    let s = &schema["additionalProperties"];
+                    mismatches(doc, s, v, &format!("{at}.{k}"), out);
+                }
+            }
+        }
+        Value::Array(items) if schema["items"].is_object() => {
+            for (i, v) in items.iter().enumerate() {
+                mismatches(doc, &schema["items"], v, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Asserts the document lists `status` for the operation, and that a JSON `body` has
+/// the shape it gives.
+fn conforms(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
+    let op = &doc["paths"][template(path)][method.to_lowercase()];
+    assert!(op.is_object(), "{method} {path} is not in the document");
+    let mut response = &op["responses"][status.to_string()];
+    assert!(
+        !response.is_null(),
+        "{method} {path} answered {status}, which the OpenAPI document does not list: {body}"
+    );
+    if let Some(r) = response["$ref"].as_str() {
+        response = resolve(doc, r);
+    }
+    if let Some(schema) = response.pointer("/content/application~1json/schema") {
+        let mut out = Vec::new();
+        mismatches(doc, schema, body, "$", &mut out);
+        assert!(
+            out.is_empty(),
+            "{method} {path} {status} departs from the OpenAPI document:\n{}\n{body}",
+            out.join("\n")
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_openapi_operation_is_routed_and_in_the_route_table() {
+    let app = spawn_app(&[]).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    let doc = openapi(&app).await;
+    let generated: Value =
+        serde_json::from_str(&relay::admin::openapi::document().unwrap()).unwrap();
+    assert_eq!(doc, generated, "the served document is the generated one");
+
+    let ops = operations(&doc);
+    let mut public: Vec<String> = ops
+        .iter()
+        .filter(|op| !op.secured)
+        .map(|op| format!("{} {}", op.method, op.path))
+        .collect();
+    public.sort();
+    assert_eq!(public, PUBLIC, "only these routes need no token");
+    // The table and the document's secured operations are the same set.
+    let secured = secured_routes(&doc);
+    for (method, path, _) in routes() {
+        assert!(
+            secured
+                .iter()
+                .any(|(m, p, _)| *m == method && template(p) == template(path)),
+            "{method} {path} is in routes() but not in the OpenAPI document: annotate its \
+             handler with #[utoipa::path] and list it in ApiDoc"
+        );
+    }
+    assert_eq!(
+        secured.len(),
+        routes().len(),
+        "routes() lists a route twice"
+    );
+
+    // Each documented operation reaches a handler: neither the `/api/v1/{*rest}`
+    // fallback ("no route …") nor a 405 for a method the path does not have. Ids name
+    // nothing, so nothing changes.
+    let nothing = Ids {
+        account: "acc_none",
+        group: "0",
+        key: "key_none",
+        user: "usr_none",
+        tenant: "none",
+    };
+    for op in &ops {
+        let path = nothing.fill(&op.path);
+        let token = op.secured.then_some(admin.as_str());
+        let (status, resp) = app.api(&op.method, &path, token, None).await;
+        let fallback = resp["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("no route"));
+        assert!(
+            status != 405 && !fallback,
+            "{} {} is documented but not routed: {status} {resp}",
+            op.method,
+            op.path
+        );
+        if resp.is_object() {
+            conforms(&doc, &op.method, &op.path, status, &resp);
+        }
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_user_never_sees_or_changes_another_tenants_data() {
     let t = two_tenants().await;
     let app = &t.app;
+    let doc = openapi(app).await;
     let mock = MockUpstream::start().await;
     let acc = app.add_account(&mock, Acc::new("pool", KEY_A)).await;
     let (_, g) = app
@@ -349,31 +649,31 @@ async fn a_user_never_sees_or_changes_another_tenants_data() {
         )
         .await;
     let group = g["id"].as_i64().unwrap().to_string();
-    let subst = |p: &str| {
-        p.replace("{key}", &t.bob_key_id)
-            .replace("{user}", &t.bob_id)
-            .replace("{account}", acc.as_str())
-            .replace("{group}", &group)
-            .replace("{tenant}", "bob")
+    let bobs = Ids {
+        account: acc.as_str(),
+        group: &group,
+        key: &t.bob_key_id,
+        user: &t.bob_id,
+        tenant: "bob",
     };
     // Groups are shared configuration (a user picks one for a key): readable by all,
     // changed only by admins.
     let admin_only = |p: &str| p.contains("/admin/");
-    for (method, path, body) in routes() {
-        let path = subst(path);
-        let (status, resp) = app.api(method, &path, Some(&t.alice), body.clone()).await;
+    for (method, path, body) in secured_routes(&doc) {
+        let filled = bobs.fill(path);
+        let (status, resp) = app.api(method, &filled, Some(&t.alice), body.clone()).await;
         let text = resp.to_string();
         assert!(
             !text.contains(&t.bob_key_id) && !text.contains("bob-key") && !text.contains("\"bob\""),
-            "{method} {path} leaked bob's data: {resp}"
+            "{method} {filled} leaked bob's data: {resp}"
         );
-        assert!(status < 500, "{method} {path}: {status} {resp}");
-        if path.contains(&t.bob_key_id) || path.contains("tenant=bob") {
-            assert_eq!(status, 404, "{method} {path}: {resp}");
-        } else if admin_only(&path) || (method != "GET" && path.starts_with("/api/v1/groups")) {
+        assert!(status < 500, "{method} {filled}: {status} {resp}");
+        if filled.contains(&t.bob_key_id) || filled.contains("tenant=bob") {
+            assert_eq!(status, 404, "{method} {filled}: {resp}");
+        } else if admin_only(&filled) || (method != "GET" && filled.starts_with("/api/v1/groups")) {
             assert!(
                 status == 403 || status == 404,
-                "{method} {path}: {status} {resp}"
+                "{method} {filled}: {status} {resp}"
             );
         }
         if status >= 400 {
@@ -383,6 +683,7 @@ async fn a_user_never_sees_or_changes_another_tenants_data() {
             );
             assert!(resp["error"].is_string(), "{resp}");
         }
+        conforms(&doc, method, path, status, &resp);
     }
     // Nothing of bob's changed: his key still works, his user is enabled.
     let (status, k) = app
@@ -439,6 +740,14 @@ async fn bad_tokens_get_401_on_every_route() {
     let forged = relay::identity::JwtKeys::from_secret(&[7u8; 32], chrono::Duration::hours(1))
         .issue(&alice_id, 0, chrono::Utc::now())
         .0;
+    let doc = openapi(app).await;
+    let ids = Ids {
+        account: "acc_x",
+        group: "1",
+        key: &t.bob_key_id,
+        user: &t.bob_id,
+        tenant: "bob",
+    };
     // A disabled user's token.
     let (status, _) = app
         .api(
@@ -456,13 +765,8 @@ async fn bad_tokens_get_401_on_every_route() {
         Some("garbage"),
         None,
     ] {
-        for (method, path, body) in routes() {
-            let path = path
-                .replace("{key}", &t.bob_key_id)
-                .replace("{user}", &t.bob_id)
-                .replace("{account}", "acc_x")
-                .replace("{group}", "1")
-                .replace("{tenant}", "bob");
+        for (method, path, body) in secured_routes(&doc) {
+            let path = ids.fill(path);
             let (status, resp) = app.api(method, &path, token, body).await;
             assert_eq!(status, 401, "{method} {path} with {token:?}: {resp}");
             assert_eq!(resp["code"], 40101);
