@@ -34,6 +34,9 @@ struct Args {
     /// Restate usage in message_delta.
     #[arg(long)]
     restate_usage: bool,
+    /// Open every SSE event with a `: t=<µs since the Unix epoch>` send-time comment.
+    #[arg(long)]
+    stamp_events: bool,
     /// Body size limit in bytes.
     #[arg(long, default_value_t = bench::mock::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             text_chunks: args.events,
             event_interval: Duration::from_micros(args.interval_us),
             restate_usage: args.restate_usage,
+            stamp_events: args.stamp_events,
             max_body_bytes: args.max_body_bytes,
             ..base
         };

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bench::mock::{stamp_micros, unix_micros};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Request, StatusCode, Uri};
@@ -65,6 +66,11 @@ pub struct Recorder {
     pub ttfb: Histogram<u64>,
     /// Streams: gaps between consecutive event completions (µs).
     pub gap: Histogram<u64>,
+    /// Streams: time to the first complete `content_block_delta` event (µs).
+    pub first_delta: Histogram<u64>,
+    /// Streams from a stamping mock: per event, arrival (complete, at the driver) minus
+    /// the mock's send stamp, both on the machine's real-time clock (µs).
+    pub event_delay: Histogram<u64>,
     /// Streams: body frames received.
     pub frames: u64,
     /// Successful requests.
@@ -97,6 +103,8 @@ impl Default for Recorder {
             total: histogram(),
             ttfb: histogram(),
             gap: histogram(),
+            first_delta: histogram(),
+            event_delay: histogram(),
             frames: 0,
             ok: 0,
             errors: 0,
@@ -115,6 +123,8 @@ impl Recorder {
         let _ = self.total.add(&other.total);
         let _ = self.ttfb.add(&other.ttfb);
         let _ = self.gap.add(&other.gap);
+        let _ = self.first_delta.add(&other.first_delta);
+        let _ = self.event_delay.add(&other.event_delay);
         self.frames += other.frames;
         self.ok += other.ok;
         self.errors += other.errors;
@@ -174,6 +184,9 @@ struct Outcome {
     total: Option<Duration>,
     ttfb: Option<Duration>,
     gaps: Vec<Duration>,
+    first_delta: Option<Duration>,
+    /// Per stamped event: arrival − send stamp.
+    delays: Vec<Duration>,
     frames: u64,
     error: Option<String>,
     lost: bool,
@@ -187,6 +200,12 @@ impl Recorder {
         }
         for g in o.gaps {
             self.record(|r| &mut r.gap, g);
+        }
+        if let Some(t) = o.first_delta {
+            self.record(|r| &mut r.first_delta, t);
+        }
+        for d in o.delays {
+            self.record(|r| &mut r.event_delay, d);
         }
         self.frames += o.frames;
         self.lost += u64::from(o.lost);
@@ -231,6 +250,8 @@ async fn one(client: &HttpClient, target: &Target, work: &Workload, t0: Instant)
     let mut out = Outcome::default();
     let mut last_event: Option<Instant> = None;
     let mut buf: Vec<u8> = Vec::new();
+    // Where the event being received starts in `buf`.
+    let mut event_start = 0;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
@@ -245,6 +266,7 @@ async fn one(client: &HttpClient, target: &Target, work: &Workload, t0: Instant)
         };
         let now = Instant::now();
         if work.stream {
+            let arrived_us = unix_micros();
             out.frames += 1;
             if out.ttfb.is_none() {
                 out.ttfb = Some(now - t0);
@@ -253,11 +275,23 @@ async fn one(client: &HttpClient, target: &Target, work: &Workload, t0: Instant)
             // not depend on how the bytes were split into frames.
             let from = buf.len().saturating_sub(1);
             buf.extend_from_slice(&data);
-            for _ in memchr::memmem::find_iter(&buf[from..], b"\n\n") {
+            for blank in memchr::memmem::find_iter(&buf[from..], b"\n\n") {
                 if let Some(prev) = last_event {
                     out.gaps.push(now - prev);
                 }
                 last_event = Some(now);
+                let end = from + blank + 2;
+                let event = &buf[event_start..end];
+                event_start = end;
+                if out.first_delta.is_none()
+                    && memchr::memmem::find(event, b"event: content_block_delta\n").is_some()
+                {
+                    out.first_delta = Some(now - t0);
+                }
+                if let Some(sent_us) = stamp_micros(event) {
+                    out.delays
+                        .push(Duration::from_micros(arrived_us.saturating_sub(sent_us)));
+                }
             }
         } else if status != StatusCode::OK && buf.len() < 512 {
             buf.extend_from_slice(&data);
@@ -418,9 +452,11 @@ mod tests {
     }
 
     async fn setup() -> (MockUpstream, HttpClient, Target) {
-        let mock = MockUpstream::start_with(MockConfig::default())
-            .await
-            .unwrap();
+        setup_with(MockConfig::default()).await
+    }
+
+    async fn setup_with(config: MockConfig) -> (MockUpstream, HttpClient, Target) {
+        let mock = MockUpstream::start_with(config).await.unwrap();
         let target = Target {
             name: "direct",
             uri: format!("{}/v1/messages", mock.base_url()).parse().unwrap(),
@@ -444,6 +480,8 @@ mod tests {
         assert_eq!((rec.ok, rec.errors, rec.lost), (20, 0, 0));
         assert_eq!(rec.ttfb.len(), 20);
         assert_eq!(rec.gap.len(), 20 * 11);
+        assert_eq!(rec.first_delta.len(), 20);
+        assert!(rec.event_delay.is_empty(), "no stamps, no event delays");
 
         mock.script(KEY, [Step::Drop { after_events: 3 }, Step::overloaded()]);
         let rec = closed_loop(
@@ -461,6 +499,27 @@ mod tests {
             rec.lost, 1,
             "the dropped stream is lost; the 529 is only an error"
         );
+    }
+
+    #[tokio::test]
+    async fn stamped_streams_give_every_event_a_delay() {
+        let (_mock, client, target) = setup_with(MockConfig {
+            stamp_events: true,
+            ..MockConfig::default()
+        })
+        .await;
+        let rec = closed_loop(
+            &client,
+            &target,
+            &stream_work(),
+            2,
+            Stop::Count(10),
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!((rec.ok, rec.errors, rec.lost), (10, 0, 0));
+        assert_eq!(rec.first_delta.len(), 10);
+        assert_eq!(rec.event_delay.len(), 10 * 12);
     }
 
     #[tokio::test]

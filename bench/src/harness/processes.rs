@@ -60,6 +60,8 @@ pub struct MockSettings {
     pub interval: Duration,
     /// Delay before the response head.
     pub first_byte: Duration,
+    /// Stamp each SSE event with the mock's send time (`--stamp-events`).
+    pub stamp: bool,
 }
 
 impl Default for MockSettings {
@@ -68,6 +70,7 @@ impl Default for MockSettings {
             events: 6,
             interval: Duration::ZERO,
             first_byte: Duration::ZERO,
+            stamp: false,
         }
     }
 }
@@ -83,7 +86,11 @@ impl MockSettings {
 
 /// Starts `mock-upstream` on `port`; returns the guard once it prints its address.
 pub fn start_mock(bin: &Path, port: u16, settings: &MockSettings) -> Result<Guard> {
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    if settings.stamp {
+        command.arg("--stamp-events");
+    }
+    let mut child = command
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),

@@ -127,6 +127,38 @@ fn q(h: &Histogram<u64>, p: f64) -> u64 {
     h.value_at_quantile(p)
 }
 
+/// Concurrent streams in part B of the streaming scenario (the 64).
+const WIDE: usize = 64;
+
+/// The relay's CPU over the relay phases of a part, for its CPU %.
+#[derive(Clone, Copy, Default)]
+struct RelayLoad {
+    cpu_us: u64,
+    wall: Duration,
+}
+
+impl RelayLoad {
+    /// Adds a phase (a relay phase: direct ones have no relay CPU).
+    fn add(&mut self, t: &Target, ph: &Phase) {
+        if t.name == "relay" {
+            self.cpu_us += ph.relay_cpu_us;
+            self.wall += ph.rec.elapsed;
+        }
+    }
+
+    fn cpu_pct(&self) -> f64 {
+        100.0 * self.cpu_us as f64 / self.wall.as_micros().max(1) as f64
+    }
+}
+
+/// Interleaved stream rounds, per target (direct, relay).
+struct StreamRounds {
+    merged: [Recorder; 2],
+    /// Each round's TTFB p50 (µs).
+    ttfb50: [Vec<u64>; 2],
+    load: RelayLoad,
+}
+
 /// One measured phase: the recorder plus the relay's CPU and RSS over it.
 struct Phase {
     rec: Recorder,
@@ -468,13 +500,16 @@ impl Bench {
         Ok(())
     }
 
-    /// Scenario 3: streaming — added time to first byte, inter-event gaps, held streams.
+    /// Scenario 3: streaming — added time to first byte, inter-event gaps, time to the
+    /// first content delta and per-event delay (at 1 and 64 streams), held streams.
     pub async fn streaming(&mut self) -> Result<()> {
-        // Part A: TTFB and gaps at concurrency 1, 20 deltas paced 5 ms apart.
+        // Parts A and B: 20 deltas paced 5 ms apart, every event stamped with the mock's
+        // send time.
         let paced = MockSettings {
             events: 20,
             interval: Duration::from_millis(5),
             first_byte: Duration::ZERO,
+            stamp: true,
         };
         self.restart_mock(&paced).await?;
         let work = Workload {
@@ -487,22 +522,18 @@ impl Bench {
         Self::progress("streaming: time to first byte");
         self.warm(&work, 5).await;
         let n = self.sizes.streams_per_round;
-        let mut merged = [Recorder::default(), Recorder::default()];
-        let mut ttfb50: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
-        let mut cpu_us = 0;
-        for _ in 0..self.sizes.rounds.min(5) {
-            for (i, t) in self.targets().iter().enumerate() {
-                let work = work.clone();
-                let ph = self
-                    .phase(t, |c, t| async move {
-                        closed_loop(&c, &t, &work, 1, Stop::Count(n), Duration::ZERO).await
-                    })
-                    .await;
-                ttfb50[i].push(q(&ph.rec.ttfb, 0.5));
-                cpu_us += ph.relay_cpu_us;
-                merged[i].merge(&ph.rec);
-            }
-        }
+        let rounds = self.sizes.rounds.min(5);
+        let one = self
+            .stream_rounds(&work, rounds, 1, n, Duration::ZERO)
+            .await;
+        // Part B: the same streams, WIDE at a time (workers started evenly over one
+        // stream's duration).
+        Self::progress(&format!("streaming: {WIDE} concurrent streams"));
+        let ramp = paced.interval * 20;
+        let wide = self
+            .stream_rounds(&work, rounds, WIDE, 2 * WIDE as u64, ramp)
+            .await;
+        let (merged, ttfb50) = (&one.merged, &one.ttfb50);
         self.note(&format!(
             "\n### 3. Streaming\n\n**A. Concurrency 1**: {} rounds × {n} streams per target; each stream has {} events, 20 text deltas paced {} ms apart against absolute deadlines. TTFB = first body byte (message_start). Gap = time between consecutive complete events (events sent back to back count as ~0).\n",
             self.sizes.rounds.min(5),
@@ -513,7 +544,10 @@ impl Bench {
         self.note("|---|---|---|---|---|---|---|---|---|---|---|");
         for (i, rec) in merged.iter().enumerate().take(self.targets().len()) {
             let cpu = if i == 1 {
-                format!("{:.1}", cpu_us as f64 / rec.attempts().max(1) as f64)
+                format!(
+                    "{:.1}",
+                    one.load.cpu_us as f64 / rec.attempts().max(1) as f64
+                )
             } else {
                 "–".to_owned()
             };
@@ -542,12 +576,14 @@ impl Bench {
                 signed_ms(median(&mut d))
             ));
         }
+        self.delay_table(&paced, rounds, [(1, &one), (WIDE, &wide)]);
 
-        // Part B: many concurrent long streams.
+        // Part C: many concurrent long streams.
         let hold = MockSettings {
             events: 20,
             interval: self.sizes.hold_interval,
             first_byte: Duration::ZERO,
+            stamp: false,
         };
         self.restart_mock(&hold).await?;
         let work = Workload {
@@ -560,7 +596,7 @@ impl Bench {
         self.warm(&work, 2).await;
         let ramp = hold.interval * 20;
         self.note(&format!(
-            "\n**B. Concurrent streams**: at each step N workers (started evenly over one stream's duration) each run 2 streams back to back (≈{} ms per stream: 20 deltas paced {} ms). Lost = a stream without all its events or without message_stop; stalled = a gap over 10× the pace.\n",
+            "\n**C. Concurrent streams**: at each step N workers (started evenly over one stream's duration) each run 2 streams back to back (≈{} ms per stream: 20 deltas paced {} ms). Lost = a stream without all its events or without message_stop; stalled = a gap over 10× the pace.\n",
             (hold.interval * 20).as_millis(),
             hold.interval.as_millis()
         ));
@@ -616,6 +652,106 @@ impl Bench {
         }
         self.restart_mock(&MockSettings::default()).await?;
         Ok(())
+    }
+
+    /// `rounds` rounds of `count` streams at `concurrency` per target, interleaved
+    /// direct → relay → direct…
+    async fn stream_rounds(
+        &mut self,
+        work: &Workload,
+        rounds: usize,
+        concurrency: usize,
+        count: u64,
+        ramp: Duration,
+    ) -> StreamRounds {
+        let mut out = StreamRounds {
+            merged: [Recorder::default(), Recorder::default()],
+            ttfb50: [Vec::new(), Vec::new()],
+            load: RelayLoad::default(),
+        };
+        for _ in 0..rounds {
+            for (i, t) in self.targets().iter().enumerate() {
+                let work = work.clone();
+                let ph = self
+                    .phase(t, |c, t| async move {
+                        closed_loop(&c, &t, &work, concurrency, Stop::Count(count), ramp).await
+                    })
+                    .await;
+                out.ttfb50[i].push(q(&ph.rec.ttfb, 0.5));
+                out.load.add(t, &ph);
+                out.merged[i].merge(&ph.rec);
+            }
+        }
+        out
+    }
+
+    /// Part B of scenario 3: time to the first content delta and per-event delay, direct
+    /// and through the relay, at each concurrency, with the relay's added value.
+    fn delay_table(
+        &mut self,
+        paced: &MockSettings,
+        rounds: usize,
+        steps: [(usize, &StreamRounds); 2],
+    ) {
+        self.note(&format!(
+            "\n**B. Time to first content delta and per-event delay**: the streams of A (1 at a time) and {rounds} rounds × {} streams run {WIDE} at a time (workers started evenly over one stream's duration), interleaved direct/relay. First delta = request sent → first `content_block_delta` event complete at the client. Event delay = for every event, its arrival (complete, at the client) − the time the mock handed it to its socket, stamped by the mock in an SSE comment (`: t=<µs>`) and read against the same real-time clock (all processes share one machine). Direct = mock → client, the baseline; relay − direct = what the relay adds (quantiles of the pooled samples). Relay CPU % of one core over its phases.\n",
+            2 * WIDE
+        ));
+        self.note("| streams | target | ok | lost | events timed | first delta p50 ms | first delta p99 ms | event delay p50 ms | event delay p99 ms | event delay max ms | relay CPU % |");
+        self.note("|---|---|---|---|---|---|---|---|---|---|---|");
+        let stat = |r: &Recorder| {
+            [
+                q(&r.first_delta, 0.5),
+                q(&r.first_delta, 0.99),
+                q(&r.event_delay, 0.5),
+                q(&r.event_delay, 0.99),
+                r.event_delay.max(),
+            ]
+        };
+        let mut added = Vec::new();
+        for (streams, step) in steps {
+            let recs = &step.merged;
+            for (i, rec) in recs.iter().enumerate().take(self.targets().len()) {
+                let cpu = if i == 1 {
+                    format!("{:.0}", step.load.cpu_pct())
+                } else {
+                    "–".to_owned()
+                };
+                let cols: Vec<String> = stat(rec).into_iter().map(ms).collect();
+                self.note(&format!(
+                    "| {streams} | {} | {} | {} | {} | {} | {cpu} |",
+                    self.targets()[i].name,
+                    rec.ok,
+                    rec.lost,
+                    rec.event_delay.len(),
+                    cols.join(" | "),
+                ));
+            }
+            if self.via_relay.is_some() {
+                let diff: Vec<f64> = stat(&recs[1])
+                    .into_iter()
+                    .zip(stat(&recs[0]))
+                    .map(|(r, d)| r as f64 - d as f64)
+                    .collect();
+                let cols: Vec<String> = diff.iter().map(|d| signed_ms(*d)).collect();
+                self.note(&format!(
+                    "| {streams} | relay − direct | | | | {} | |",
+                    cols.join(" | ")
+                ));
+                added.push((streams, diff));
+            }
+        }
+        if let [(_, one), (_, many)] = &added[..] {
+            self.note(&format!(
+                "\n**Added by the relay: first content delta p50 {} ms at 1 stream, {} ms at {WIDE}; per-event delay p99 {} ms at 1 stream, {} ms at {WIDE}** ({} text deltas paced {} ms apart)",
+                signed_ms(one[0]),
+                signed_ms(many[0]),
+                signed_ms(one[3]),
+                signed_ms(many[3]),
+                paced.events,
+                paced.interval.as_millis()
+            ));
+        }
     }
 
     /// Scenario 4: response end → usage visible in the usage totals, read with

@@ -5,15 +5,22 @@
 //! timer rounding never accumulates, and can be interrupted: a stall (silence), an
 //! `event: error`, or an abrupt drop (the body errors, hyper aborts the connection without
 //! the terminating chunk).
+//!
+//! Two opt-in instruments: *stamps* (each event starts with an SSE comment line
+//! `: t=<µs since the Unix epoch>` taken when the event is handed to hyper, so a client on
+//! the same machine can tell how long the event took to reach it, [`stamp_micros`]) and a
+//! *gate* (each event waits for a permit the test releases, [`EventGate`]).
 
-use std::future::Future as _;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use super::render::{error_event, Pace};
@@ -58,6 +65,65 @@ impl Interrupt {
     }
 }
 
+/// The comment line that opens a stamped event: `: t=<µs since the Unix epoch>\n`.
+const STAMP_PREFIX: &[u8] = b": t=";
+
+/// Microseconds since the Unix epoch (CLOCK_REALTIME): the clock stamps are read against,
+/// shared by processes on one machine.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// `event` preceded by a stamp comment with the current time. The comment sits inside
+/// the event's block, so an SSE parser ignores it and the event count is unchanged.
+fn stamped(event: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(event.len() + 24);
+    out.put_slice(STAMP_PREFIX);
+    out.put_slice(unix_micros().to_string().as_bytes());
+    out.put_u8(b'\n');
+    out.put_slice(event);
+    out.freeze()
+}
+
+/// The send time (µs since the Unix epoch) of a stamped event, read from its first line.
+pub fn stamp_micros(event: &[u8]) -> Option<u64> {
+    let rest = event.strip_prefix(STAMP_PREFIX)?;
+    let end = memchr::memchr(b'\n', rest)?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Holds back the events of every stream of a mock: each event waits for one permit.
+/// Lets a test decide exactly when the mock writes the next event.
+#[derive(Clone, Debug)]
+pub struct EventGate {
+    permits: Arc<Semaphore>,
+    /// Events that went through the gate (each is handed to hyper right after).
+    passed: Arc<AtomicUsize>,
+}
+
+impl EventGate {
+    pub(crate) fn new() -> Self {
+        EventGate {
+            permits: Arc::new(Semaphore::new(0)),
+            passed: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Lets `n` more events go out (across all streams, in the order they wait).
+    pub fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// How many events the mock has written through the gate so far.
+    pub fn passed(&self) -> usize {
+        self.passed.load(Ordering::SeqCst)
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
 /// An SSE body over pre-rendered events.
 pub struct EventStream {
     events: Arc<[(Bytes, Pace)]>,
@@ -69,6 +135,12 @@ pub struct EventStream {
     sleep: Option<Pin<Box<Sleep>>>,
     finished: bool,
     flushed_before_drop: bool,
+    /// Prefix each event with a send-time comment.
+    stamp: bool,
+    /// When set, each event waits for a permit of this gate.
+    gate: Option<EventGate>,
+    /// The pending permit request for the next event.
+    acquiring: Option<Acquire>,
 }
 
 impl EventStream {
@@ -88,7 +160,43 @@ impl EventStream {
             sleep: None,
             finished: false,
             flushed_before_drop: false,
+            stamp: false,
+            gate: None,
+            acquiring: None,
         }
+    }
+
+    /// Stamps every event with its send time (see [`stamp_micros`]).
+    #[must_use]
+    pub fn stamped(mut self, on: bool) -> Self {
+        self.stamp = on;
+        self
+    }
+
+    /// Makes every event wait for a permit of `gate`.
+    #[must_use]
+    pub fn gated(mut self, gate: Option<EventGate>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Whether the gate (if any) lets the next event go; registers the waker otherwise.
+    fn poll_gate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(gate) = &self.gate else {
+            return Poll::Ready(());
+        };
+        let acquiring = self
+            .acquiring
+            .get_or_insert_with(|| Box::pin(gate.permits.clone().acquire_owned()));
+        let Poll::Ready(permit) = acquiring.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        self.acquiring = None;
+        if let Ok(permit) = permit {
+            permit.forget();
+        }
+        gate.passed.fetch_add(1, Ordering::SeqCst);
+        Poll::Ready(())
     }
 }
 
@@ -185,21 +293,50 @@ impl EventStream {
                     None => {}
                 }
             }
-            let Some((event, pace)) = self.events.get(self.next) else {
+            let Some((event, pace)) = self.events.get(self.next).cloned() else {
                 self.finished = true;
                 return Poll::Ready(None);
             };
             if let Pace::Paced(n) = pace {
                 if !self.interval.is_zero() {
-                    let due = self.start + self.interval * *n;
+                    let due = self.start + self.interval * n;
                     if Instant::now() < due {
                         self.sleep = Some(Box::pin(tokio::time::sleep_until(due)));
                         continue;
                     }
                 }
             }
+            if self.poll_gate(cx).is_pending() {
+                return Poll::Pending;
+            }
             self.next += 1;
-            return Poll::Ready(Some(Ok(Frame::data(event.clone()))));
+            let event = if self.stamp { stamped(&event) } else { event };
+            return Poll::Ready(Some(Ok(Frame::data(event))));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_is_a_comment_line_carrying_the_send_time() {
+        let event = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
+        let before = unix_micros();
+        let out = stamped(event);
+        let after = unix_micros();
+        let sent = stamp_micros(&out).unwrap_or_default();
+        assert!(
+            (before..=after).contains(&sent),
+            "{before} ≤ {sent} ≤ {after}"
+        );
+        assert!(out.starts_with(b": t="));
+        assert!(
+            out.ends_with(event),
+            "the event follows the comment unchanged"
+        );
+        assert_eq!(stamp_micros(event), None);
+        assert_eq!(stamp_micros(b": keepalive\n\n"), None);
     }
 }

@@ -22,7 +22,7 @@ pub mod usage;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-pub use body::{DroppedOnPurpose, Interrupt, MockBody};
+pub use body::{stamp_micros, unix_micros, DroppedOnPurpose, EventGate, Interrupt, MockBody};
 pub use oauth::{pkce_challenge, CLAUDE_CODE_CLIENT_ID};
 pub use render::{sse_transcript, ResponsePlan};
 pub use script::Step;
@@ -86,6 +86,9 @@ pub struct MockConfig {
     /// Restate input/cache usage in `message_delta` with final values that differ from
     /// the provisional `message_start` values (toggle at runtime too).
     pub restate_usage: bool,
+    /// Open every SSE event with a `: t=<µs since the Unix epoch>` comment taken when the
+    /// event is handed to hyper (benchmarks measure per-event delay with it).
+    pub stamp_events: bool,
     /// Rate-limit header family (per-credential overrides at runtime).
     pub rate_limit_headers: RateLimitMode,
     /// A beta name answered with the "Unexpected value(s)" 400.
@@ -111,6 +114,7 @@ impl Default for MockConfig {
             first_byte_delay: Duration::ZERO,
             event_interval: Duration::ZERO,
             restate_usage: false,
+            stamp_events: false,
             rate_limit_headers: RateLimitMode::Auto,
             unknown_beta: None,
             organization_id: "00000000-0000-4000-8000-00000000a11c".to_owned(),
@@ -212,6 +216,8 @@ struct State {
     /// Fast-mode bodies, rendered once.
     fast_json: Bytes,
     fast_events: Arc<[(Bytes, Pace)]>,
+    /// Set once by [`MockUpstream::gate_events`]; streams started after hold each event.
+    gate: OnceLock<EventGate>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -310,6 +316,7 @@ impl State {
             seven_day_reset: rfc(7 * 86400),
             fast_json: render::message_json(&fast_plan),
             fast_events: render::sse_events(&fast_plan).into(),
+            gate: OnceLock::new(),
             config,
         }
     }
@@ -432,6 +439,13 @@ impl MockUpstream {
         self.state
             .rate_limit_overridden
             .store(true, Ordering::Relaxed);
+    }
+
+    /// From now on, every SSE event of every stream waits until the returned gate releases
+    /// it ([`EventGate::release`], one event per permit), so a test controls when the
+    /// mock writes each event. Calling it again returns the same gate.
+    pub fn gate_events(&self) -> EventGate {
+        self.state.gate.get_or_init(EventGate::new).clone()
     }
 
     /// Turns restated usage in `message_delta` on or off.
@@ -1129,12 +1143,16 @@ async fn messages(
             Some(p) => render::sse_events(p).into(),
             None => state.fast_events.clone(),
         };
-        let body = MockBody::Events(Box::new(EventStream::new(
-            events,
-            Instant::now(),
-            state.config.event_interval,
-            interrupt,
-        )));
+        let body = MockBody::Events(Box::new(
+            EventStream::new(
+                events,
+                Instant::now(),
+                state.config.event_interval,
+                interrupt,
+            )
+            .stamped(state.config.stamp_events)
+            .gated(state.gate.get().cloned()),
+        ));
         let mut resp = state.respond(
             StatusCode::OK,
             "text/event-stream; charset=utf-8",
