@@ -1,4 +1,5 @@
-//! Stream timing: keepalives during upstream silence, client disconnects.
+//! Stream timing: event-by-event forwarding, keepalives during upstream silence, client
+//! disconnects.
 
 use crate::*;
 use bench::mock::{expected_usage, MockUpstream, Step};
@@ -157,5 +158,58 @@ async fn client_leaving_before_the_response_head_still_records_usage() {
     assert_eq!(u.output_tokens, expected_usage(&body).output_tokens);
     assert_eq!(u.completeness, Completeness::ClientDisconnectedDrained);
     assert_eq!(finished(&events)[0].outcome, Outcome::ClientDisconnected);
+    app.stop().await;
+}
+
+/// The relay forwards each upstream event as soon as it has it: the mock writes event
+/// k + 1 only after the client has read event k in full through the relay, so a relay
+/// that waited for more bytes (a write buffer, coalescing, compression) would never get
+/// them and the read would hang.
+#[tokio::test]
+async fn each_event_reaches_the_client_before_upstream_sends_the_next() {
+    let mock = MockUpstream::start().await;
+    let gate = mock.gate_events();
+    let app = spawn_app(&["--sse-keepalive-ms", "0"]).await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    let body = body(true);
+    let transcript = mock.sse_transcript(&body);
+    // message_start may be what the relay waits for before answering the head.
+    gate.release(1);
+    let mut resp = app.messages(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut received = Vec::new();
+    for k in 0..transcript.len() {
+        let want = transcript[..=k].concat();
+        while received.len() < want.len() {
+            // Only a guard against hanging forever: the assertion is the order.
+            let chunk = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "event {k} not forwarded while upstream held event {}",
+                        k + 1
+                    )
+                })
+                .unwrap()
+                .expect("the stream ended early");
+            received.extend_from_slice(&chunk);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&received),
+            String::from_utf8_lossy(&want),
+            "the client has exactly events 0..={k}"
+        );
+        assert_eq!(
+            gate.passed(),
+            k + 1,
+            "upstream has not sent event {}",
+            k + 1
+        );
+        gate.release(1);
+    }
+    assert!(
+        resp.chunk().await.unwrap().is_none(),
+        "nothing after message_stop"
+    );
     app.stop().await;
 }
