@@ -68,7 +68,10 @@ async fn test_account(
         TestBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            AdminError::bad_request(format!("invalid body: {}", e.to_string().chars().take(200).collect::<String>()))
+            AdminError::bad_request(format!(
+                "invalid body: {}",
+                e.to_string().chars().take(200).collect::<String>()
+            ))
         })?
     };
     let model = body.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned());
@@ -109,14 +112,22 @@ async fn test_account(
             let status = r.status().as_u16();
             match r.bytes().await {
                 Ok(b) => (Some(status), b, None),
-                Err(_) => (Some(status), bytes::Bytes::new(), Some("the response broke off".to_owned())),
+                Err(_) => (
+                    Some(status),
+                    bytes::Bytes::new(),
+                    Some("the response broke off".to_owned()),
+                ),
             }
         }
-        Err(e) => (None, bytes::Bytes::new(), Some(if e.is_timeout() {
-            "the upstream timed out".to_owned()
-        } else {
-            "could not reach the upstream".to_owned()
-        })),
+        Err(e) => (
+            None,
+            bytes::Bytes::new(),
+            Some(if e.is_timeout() {
+                "the upstream timed out".to_owned()
+            } else {
+                "could not reach the upstream".to_owned()
+            }),
+        ),
     };
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let summary = usage_tap::summarize_json(&bytes);
@@ -152,7 +163,12 @@ async fn test_account(
             .with_account(Some(account.id.clone())),
         );
     }
-    let error = error.or_else(|| summary.error.as_ref().map(|(t, m)| format!("{t}: {}", m.chars().take(300).collect::<String>())));
+    let error = error.or_else(|| {
+        summary
+            .error
+            .as_ref()
+            .map(|(t, m)| format!("{t}: {}", m.chars().take(300).collect::<String>()))
+    });
     let ok = status.is_some_and(|s| (200..300).contains(&s));
     s.services.audit_account(
         &actor,

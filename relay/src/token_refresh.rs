@@ -124,6 +124,23 @@ impl TokenRefresher {
         if !self.accounts.try_lock_refresh(id, now, until).await? {
             return self.wait_for_other(id, seen).await;
         }
+        // Another relay may have stored a new token set between our reads and the
+        // lease: then its token is the fresh one and our refresh token may be spent.
+        let current = match self.accounts.get(id).await {
+            Ok(Some(a)) => a,
+            other => {
+                let _ = self.accounts.unlock_refresh(id).await;
+                return match other {
+                    Ok(_) => Err(RefreshError::Gone),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        };
+        let version = self.accounts.token_version(id).await?;
+        if version != Some(seen) || (why == Why::Rejected && current.credential != *used) {
+            self.accounts.unlock_refresh(id).await?;
+            return Ok(true);
+        }
         let result = self.call_endpoint(&current, now).await;
         match result {
             Ok(tokens) => {
