@@ -53,6 +53,17 @@ pub struct CommonConfig {
     /// `expires_at` of `"2025-12-31 23:59:59"`.
     #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC", global = true)]
     pub billing_timezone: String,
+
+    /// Log line format on stderr: `text` (coloured only when stderr is a terminal) or
+    /// `json` (one JSON object per line, for log shippers).
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"],
+        global = true
+    )]
+    pub log_format: String,
 }
 
 impl CommonConfig {

@@ -3,10 +3,16 @@
 use clap::Parser;
 use relay::cli::{Cli, Command, EventsCommand};
 use relay::cmd::{self, Context};
+use relay::config::CommonConfig;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything is created: DATA_DIR, the databases with their -wal/-shm files,
+    // the spool, generated keys and secrets are readable by this user only (0700/0600).
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // A missing .env is normal; a malformed one is worth saying.
     if let Err(e) = dotenvy::dotenv() {
         if !e.not_found() {
@@ -14,12 +20,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_new(&cli.common.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.common);
 
     let command = match cli.command {
         Some(c) => c,
@@ -48,6 +49,27 @@ async fn main() -> anyhow::Result<()> {
             ctx.finish().await;
             result
         }
+    }
+}
+
+/// Logs to stderr at `LOG_LEVEL`: text, coloured only on a terminal (and without
+/// `NO_COLOR`), or with `LOG_FORMAT=json` one JSON object per line whose event fields
+/// (such as `request_id`) sit at the top level, with the current span's fields under
+/// `span`.
+fn init_logging(common: &CommonConfig) {
+    let filter = EnvFilter::try_new(&common.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if common.log_format == "json" {
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        logs.with_ansi(colour).init();
     }
 }
 

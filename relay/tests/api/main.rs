@@ -14,6 +14,7 @@ mod clients;
 mod failover;
 mod forwarding;
 mod oauth;
+mod operator_hygiene;
 mod proxies;
 mod streams;
 
