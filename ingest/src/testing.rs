@@ -78,6 +78,7 @@ pub fn sample_request_event(status: u16) -> Envelope {
             routing: None,
             error_type: None,
             upstream_request_id: None,
+            rejected_by: None,
         }),
     )
 }

@@ -43,6 +43,8 @@ pub struct AppInner {
     pub tracker: TaskTracker,
     /// The proxy: account pool, upstream clients, metrics.
     pub proxy: Arc<crate::proxy::ProxyState>,
+    /// Tenant limits on the proxy path.
+    pub limiter: Arc<crate::limits::engine::Limiter>,
     /// OAuth token refresh, single-flight across relays.
     pub refresher: Arc<crate::token_refresh::TokenRefresher>,
     /// Admin use cases (users, keys, accounts, groups, reads).

@@ -28,6 +28,9 @@ pub fn spawn(state: &AppState) {
         state.shutdown.clone(),
     );
     state.tracker.spawn(refresh_oauth_tokens(state.clone()));
+    state
+        .tracker
+        .spawn(state.limiter.clone().run(state.shutdown.clone()));
     crate::proxy::tasks::spawn(state);
 }
 

@@ -264,6 +264,15 @@ pub struct ServeConfig {
     )]
     pub default_admin_email: String,
 
+    /// Admit requests when a key's limits cannot be checked (the database is
+    /// unreachable). Off: such keys fail closed with 503.
+    #[arg(long, env = "LIMITS_FAIL_OPEN", default_value_t = false)]
+    pub limits_fail_open: bool,
+
+    /// First day of a weekly budget window (`monday` … `sunday`).
+    #[arg(long, env = "BILLING_WEEK_START", default_value = "monday")]
+    pub billing_week_start: String,
+
     /// Let anyone create a `user` account with `POST /api/v1/auth/register`.
     #[arg(long, env = "REGISTRATION_ENABLED", default_value_t = false)]
     pub registration_enabled: bool,
@@ -297,6 +306,19 @@ impl ServeConfig {
             _ => String::new(),
         };
         Some(format!("{scheme}://{auth}{host}:{port}"))
+    }
+
+    /// `BILLING_WEEK_START` parsed.
+    pub fn week_start(&self) -> Result<chrono::Weekday, String> {
+        self.billing_week_start
+            .trim()
+            .parse::<chrono::Weekday>()
+            .map_err(|_| {
+                format!(
+                    "BILLING_WEEK_START {:?} is not a day of the week",
+                    self.billing_week_start
+                )
+            })
     }
 
     /// The OAuth constants in force.

@@ -68,6 +68,11 @@ impl ApiError {
         )
     }
 
+    /// 402 `billing_error`: a budget is spent. SDKs and Claude Code do not retry it.
+    pub fn billing(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYMENT_REQUIRED, "billing_error", message)
+    }
+
     /// 429 `rate_limit_error`.
     pub fn rate_limited(message: impl Into<String>, retry_after: Option<u64>) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);

@@ -41,6 +41,11 @@ pub struct ApiKey {
     /// Last four characters of the key, for recognition (keys issued before this was
     /// kept have none).
     pub last4: Option<String>,
+    /// Models, rate, concurrency, budgets and addresses this key is held to.
+    pub limits: crate::limits::KeyLimits,
+    /// The tenant's own monthly budget, when it has one (filled by the
+    /// authentication lookup only).
+    pub tenant_budget: Option<crate::limits::engine::TenantBudget>,
 }
 
 impl ApiKey {
@@ -124,6 +129,8 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+    /// New limits (the whole document).
+    pub limits: Option<crate::limits::KeyLimits>,
 }
 
 /// Which keys [`KeyStore::list`] returns.
@@ -176,11 +183,36 @@ fn row_to_key(row: &sqlx::any::AnyRow) -> Result<ApiKey, KeyStoreError> {
         user_id: row.try_get("user_id")?,
         revoked_at: revoked.and_then(ms_to_time),
         last4: row.try_get("key_last4")?,
+        limits: match row.try_get::<Option<String>, _>("limits_json")? {
+            Some(j) if !j.is_empty() => serde_json::from_str(&j)
+                .map_err(|e| KeyStoreError::Invalid(format!("limits: {e}")))?,
+            _ => crate::limits::KeyLimits::default(),
+        },
+        tenant_budget: None,
     })
 }
 
+/// The tenant budget columns of the authentication lookup.
+fn tenant_budget(
+    row: &sqlx::any::AnyRow,
+    tenant: &TenantId,
+) -> Result<Option<crate::limits::engine::TenantBudget>, KeyStoreError> {
+    let budget: Option<String> = row.try_get("tenant_budget")?;
+    let tz: Option<String> = row.try_get("tenant_tz")?;
+    let Some(b) = budget.filter(|b| !b.is_empty()) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::limits::engine::TenantBudget {
+        tenant: tenant.to_string(),
+        monthly_budget_usd: b
+            .parse()
+            .map_err(|_| KeyStoreError::Invalid("tenant budget".into()))?,
+        tz: tz.and_then(|z| z.parse().ok()),
+    }))
+}
+
 const COLUMNS: &str = "k.id, k.name, k.tenant, k.key_prefix, k.group_name, k.enabled, \
-     k.expires_at_ms, k.created_at_ms, k.user_id, k.revoked_at_ms, k.key_last4";
+     k.expires_at_ms, k.created_at_ms, k.user_id, k.revoked_at_ms, k.key_last4, k.limits_json";
 
 impl KeyStore {
     /// A store over the given database.
@@ -209,6 +241,8 @@ impl KeyStore {
             user_id: new.user_id,
             revoked_at: None,
             last4: Some(last4(secret.expose())),
+            limits: crate::limits::KeyLimits::default(),
+            tenant_budget: None,
         };
         sqlx::query(
             "INSERT INTO api_keys (id, name, tenant, key_hash, key_prefix, group_name, enabled, \
@@ -289,7 +323,8 @@ impl KeyStore {
             "UPDATE api_keys SET name = COALESCE($1, name), \
              group_name = CASE WHEN $2 = 1 THEN $3 ELSE group_name END, \
              expires_at_ms = CASE WHEN $4 = 1 THEN $5 ELSE expires_at_ms END, \
-             enabled = COALESCE($6, enabled) WHERE id = $7 AND revoked_at_ms IS NULL",
+             enabled = COALESCE($6, enabled), limits_json = COALESCE($8, limits_json) \
+             WHERE id = $7 AND revoked_at_ms IS NULL",
         )
         .bind(p.name.clone())
         .bind(i64::from(p.group.is_some()))
@@ -298,6 +333,11 @@ impl KeyStore {
         .bind(p.expires_at.flatten().map(|t| t.timestamp_millis()))
         .bind(p.enabled.map(i64::from))
         .bind(id)
+        .bind(
+            p.limits
+                .as_ref()
+                .map(|l| serde_json::to_string(l).unwrap_or_default()),
+        )
         .execute(&self.db)
         .await?;
         self.clear_cache();
@@ -403,8 +443,10 @@ impl KeyStore {
         // A key whose owner is disabled or deleted reads as disabled.
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS}, CASE WHEN k.user_id IS NULL THEN 1 \
-             ELSE COALESCE(u.enabled, 0) END AS owner_enabled \
-             FROM api_keys k LEFT JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1"
+             ELSE COALESCE(u.enabled, 0) END AS owner_enabled, \
+             t.monthly_budget_usd AS tenant_budget, t.timezone AS tenant_tz \
+             FROM api_keys k LEFT JOIN users u ON u.id = k.user_id \
+             LEFT JOIN tenants t ON t.id = k.tenant WHERE k.key_hash = $1"
         ))
         .bind(hash)
         .fetch_optional(&self.db)
@@ -419,6 +461,7 @@ impl KeyStore {
                 .and_then(|mut k| {
                     let owner: i64 = row.try_get("owner_enabled")?;
                     k.enabled &= owner != 0;
+                    k.tenant_budget = tenant_budget(&row, &k.tenant)?;
                     Ok(k)
                 })
                 .map(|k| Some(Arc::new(k)))

@@ -29,6 +29,7 @@ pub mod error;
 pub mod groups;
 pub mod identity;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod oauth;
 pub mod oauth_onboarding;

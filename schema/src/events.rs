@@ -89,6 +89,11 @@ pub struct RequestFinished {
     /// The upstream `request-id`, for support tickets with Anthropic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_request_id: Option<String>,
+    /// For a request a tenant limit refused: which limit (`rpm`, `max_concurrency`,
+    /// `daily_budget_usd`, …, `allowed_models`, `allowed_ips`). Added in v1 as an
+    /// optional field; absent on older events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_by: Option<String>,
 }
 
 /// Whether the usage figures are final.

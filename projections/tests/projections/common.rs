@@ -365,6 +365,7 @@ pub fn finished(request: &str, account: &str, outcome: Outcome, when: DateTime<U
             }),
             error_type: (outcome != Outcome::Completed).then(|| "overloaded_error".into()),
             upstream_request_id: Some(format!("up_{request}")),
+            rejected_by: None,
         }),
     )
     .with_request(request)

@@ -55,6 +55,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         routes::update_user,
         routes::delete_user,
         routes::list_tenants,
+        routes::update_tenant,
+        routes::key_limits,
         routes::usage,
         routes::statement,
         routes::logs,

@@ -61,6 +61,11 @@ pub fn router() -> Router<AppState> {
             get(get_user).patch(update_user).delete(delete_user),
         )
         .route("/api/v1/admin/tenants", get(list_tenants))
+        .route(
+            "/api/v1/admin/tenants/{id}",
+            axum::routing::patch(update_tenant),
+        )
+        .route("/api/v1/api-keys/{id}/limits", get(key_limits))
         .route("/api/v1/usage", get(usage))
         .route("/api/v1/statements", get(statement))
         .route("/api/v1/logs", get(logs))
@@ -543,6 +548,8 @@ pub struct KeyView {
     expires_at: Option<DateTime<Utc>>,
     /// Creation time.
     created_at: DateTime<Utc>,
+    /// The key's limits (absent fields are not limited).
+    limits: crate::limits::KeyLimits,
 }
 
 impl From<ApiKey> for KeyView {
@@ -559,6 +566,7 @@ impl From<ApiKey> for KeyView {
             revoked_at: k.revoked_at,
             expires_at: k.expires_at,
             created_at: k.created_at,
+            limits: k.limits,
         }
     }
 }
@@ -701,6 +709,34 @@ pub(super) struct UpdateKeyBody {
     expires_at: Option<Option<String>>,
     /// Enable or disable.
     enabled: Option<bool>,
+    /// Model patterns (`claude-sonnet-*`); `null` or `[]` = every model (admin).
+    #[serde(default, deserialize_with = "nullable")]
+    allowed_models: Option<Option<Vec<String>>>,
+    /// Requests per minute; `null` = unlimited (admin).
+    #[serde(default, deserialize_with = "nullable")]
+    rpm: Option<Option<u32>>,
+    /// Requests in flight at once; `null` = unlimited (admin).
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrency: Option<Option<u32>>,
+    /// USD per calendar day in BILLING_TIMEZONE (a decimal string or number); `null` = none.
+    #[serde(default, deserialize_with = "crate::limits::usd_nullable")]
+    #[schema(value_type = Option<String>)]
+    daily_budget_usd: Option<Option<rust_decimal::Decimal>>,
+    /// USD per calendar week; `null` = none.
+    #[serde(default, deserialize_with = "crate::limits::usd_nullable")]
+    #[schema(value_type = Option<String>)]
+    weekly_budget_usd: Option<Option<rust_decimal::Decimal>>,
+    /// USD per calendar month; `null` = none.
+    #[serde(default, deserialize_with = "crate::limits::usd_nullable")]
+    #[schema(value_type = Option<String>)]
+    monthly_budget_usd: Option<Option<rust_decimal::Decimal>>,
+    /// USD over the key's life; `null` = none.
+    #[serde(default, deserialize_with = "crate::limits::usd_nullable")]
+    #[schema(value_type = Option<String>)]
+    total_budget_usd: Option<Option<rust_decimal::Decimal>>,
+    /// Client address ranges (CIDR); `null` or `[]` = anywhere (admin).
+    #[serde(default, deserialize_with = "nullable")]
+    allowed_ips: Option<Option<Vec<String>>>,
 }
 
 /// Changes a key.
@@ -725,22 +761,39 @@ pub(super) async fn update_key(
 ) -> Res<KeyView> {
     // Visibility first, so a stranger's key id reads as not found before any
     // validation of the body says anything about it.
-    s.services.get_key(&a, &id).await?;
-    let group = match b.group_id {
-        None => None,
-        Some(g) => Some(s.services.group_name_of(g).await?),
+    let mut k = s.services.get_key(&a, &id).await?;
+    let limits = crate::limits::LimitsPatch {
+        allowed_models: b.allowed_models,
+        rpm: b.rpm,
+        max_concurrency: b.max_concurrency,
+        daily_budget_usd: b.daily_budget_usd,
+        weekly_budget_usd: b.weekly_budget_usd,
+        monthly_budget_usd: b.monthly_budget_usd,
+        total_budget_usd: b.total_budget_usd,
+        allowed_ips: b.allowed_ips,
     };
-    let k = s
-        .services
-        .update_key(
-            &a,
-            &id,
-            b.name.as_deref(),
-            group.as_ref().map(|g| g.as_deref()),
-            b.expires_at.as_ref().map(|e| e.as_deref()),
-            b.enabled,
-        )
-        .await?;
+    let plain =
+        b.name.is_some() || b.group_id.is_some() || b.expires_at.is_some() || b.enabled.is_some();
+    if plain || limits.is_empty() {
+        let group = match b.group_id {
+            None => None,
+            Some(g) => Some(s.services.group_name_of(g).await?),
+        };
+        k = s
+            .services
+            .update_key(
+                &a,
+                &id,
+                b.name.as_deref(),
+                group.as_ref().map(|g| g.as_deref()),
+                b.expires_at.as_ref().map(|e| e.as_deref()),
+                b.enabled,
+            )
+            .await?;
+    }
+    if !limits.is_empty() {
+        k = s.services.set_key_limits(&a, &id, &limits).await?;
+    }
     Ok(Json(k.into()))
 }
 
@@ -975,6 +1028,85 @@ pub(super) async fn list_tenants(
     Query(p): Query<Paging>,
 ) -> Res<Page<Tenant>> {
     Ok(Json(s.services.list_tenants(&a, p.req()?).await?))
+}
+
+/// `PATCH /api/v1/admin/tenants/{id}` body: absent fields stay, `null` clears.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TenantPatch {
+    /// USD per calendar month for all the tenant's keys together (decimal string or
+    /// number); `null` = none.
+    #[serde(default, deserialize_with = "crate::limits::usd_nullable")]
+    #[schema(value_type = Option<String>)]
+    monthly_budget_usd: Option<Option<rust_decimal::Decimal>>,
+    /// IANA zone of the tenant's budget month; `null` = `BILLING_TIMEZONE`.
+    #[serde(default, deserialize_with = "nullable")]
+    timezone: Option<Option<String>>,
+}
+
+/// Sets a tenant's budget and zone.
+#[utoipa::path(
+    patch, path = "/api/v1/admin/tenants/{id}", tag = "users",
+    params(("id" = String, Path, description = "Tenant id")),
+    request_body = TenantPatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed tenant", body = Tenant),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn update_tenant(
+    State(s): State<AppState>,
+    Auth(a): Auth,
+    Id(id): Id<String>,
+    Body(b): Body<TenantPatch>,
+) -> Res<Tenant> {
+    Ok(Json(
+        s.services
+            .update_tenant(&a, &id, b.monthly_budget_usd, b.timezone)
+            .await?,
+    ))
+}
+
+/// Every limit of a key with its window's usage, what is reserved, what remains and
+/// when it resets.
+#[utoipa::path(
+    get, path = "/api/v1/api-keys/{id}/limits", tag = "keys",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The key's limits as they stand", body = [crate::limits::engine::LimitState]),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn key_limits(
+    State(s): State<AppState>,
+    Auth(a): Auth,
+    Id(id): Id<String>,
+) -> Res<Vec<crate::limits::engine::LimitState>> {
+    let key = s.services.get_key(&a, &id).await?;
+    let tenant = match s.services.users.tenant(key.tenant.as_str()).await {
+        Ok(t) => t,
+        Err(e) => return Err(crate::services::ServiceError::from(e).into()),
+    };
+    let budget = tenant.and_then(|t| {
+        t.monthly_budget_usd
+            .map(|b| crate::limits::engine::TenantBudget {
+                tenant: t.id.to_string(),
+                monthly_budget_usd: b,
+                tz: t.timezone.and_then(|z| z.parse().ok()),
+            })
+    });
+    let report = s
+        .limiter
+        .report(&key, &key.limits, budget.as_ref(), Utc::now())
+        .await
+        .map_err(crate::services::ServiceError::from)?;
+    Ok(Json(report))
 }
 
 // ------------------------------------------------------------------ reads

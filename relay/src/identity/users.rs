@@ -68,6 +68,11 @@ pub struct Tenant {
     pub name: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// A monthly budget every key of the tenant draws on, USD (decimal string).
+    #[schema(value_type = Option<String>)]
+    pub monthly_budget_usd: Option<rust_decimal::Decimal>,
+    /// The tenant's own zone for its budget window (default `BILLING_TIMEZONE`).
+    pub timezone: Option<String>,
 }
 
 /// Input for [`UserStore::create`]; fields already validated.
@@ -120,6 +125,26 @@ pub struct UserStore {
 
 const COLUMNS: &str =
     "id, username, email, role, enabled, tenant, created_at_ms, token_epoch, password_hash";
+
+const TENANT_SELECT: &str =
+    "SELECT id, name, created_at_ms, monthly_budget_usd, timezone FROM tenants";
+
+fn row_to_tenant(r: &sqlx::any::AnyRow) -> Result<Tenant, UserStoreError> {
+    let id: String = r.try_get("id")?;
+    let budget: Option<String> = r.try_get("monthly_budget_usd")?;
+    Ok(Tenant {
+        id: TenantId::parse(id).map_err(|e| UserStoreError::Corrupt(e.to_string()))?,
+        name: r.try_get("name")?,
+        created_at: time(r.try_get("created_at_ms")?),
+        monthly_budget_usd: budget
+            .map(|b| {
+                b.parse()
+                    .map_err(|_| UserStoreError::Corrupt("tenant budget".into()))
+            })
+            .transpose()?,
+        timezone: r.try_get("timezone")?,
+    })
+}
 
 fn time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
@@ -184,23 +209,46 @@ impl UserStore {
             .fetch_one(&self.db)
             .await?
             .try_get("n")?;
-        let rows = sqlx::query(
-            "SELECT id, name, created_at_ms FROM tenants ORDER BY id LIMIT $1 OFFSET $2",
-        )
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.db)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: String = r.try_get("id")?;
-            out.push(Tenant {
-                id: TenantId::parse(id).map_err(|e| UserStoreError::Corrupt(e.to_string()))?,
-                name: r.try_get("name")?,
-                created_at: time(r.try_get("created_at_ms")?),
-            });
-        }
+        let rows = sqlx::query(&format!("{TENANT_SELECT} ORDER BY id LIMIT $1 OFFSET $2"))
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.db)
+            .await?;
+        let out = rows.iter().map(row_to_tenant).collect::<Result<_, _>>()?;
         Ok((out, total))
+    }
+
+    /// One tenant.
+    pub async fn tenant(&self, id: &str) -> Result<Option<Tenant>, UserStoreError> {
+        sqlx::query(&format!("{TENANT_SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await?
+            .as_ref()
+            .map(row_to_tenant)
+            .transpose()
+    }
+
+    /// Sets or clears a tenant's budget and zone (`Some(None)` clears).
+    pub async fn set_tenant_limits(
+        &self,
+        id: &str,
+        budget: Option<Option<rust_decimal::Decimal>>,
+        timezone: Option<Option<String>>,
+    ) -> Result<bool, UserStoreError> {
+        let done = sqlx::query(
+            "UPDATE tenants SET \
+             monthly_budget_usd = CASE WHEN $1 = 1 THEN $2 ELSE monthly_budget_usd END, \
+             timezone = CASE WHEN $3 = 1 THEN $4 ELSE timezone END WHERE id = $5",
+        )
+        .bind(i64::from(budget.is_some()))
+        .bind(budget.flatten().map(|b| b.normalize().to_string()))
+        .bind(i64::from(timezone.is_some()))
+        .bind(timezone.flatten())
+        .bind(id)
+        .execute(&self.db)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Inserts a user. Unique violations surface as `Sql` (the caller checks first).

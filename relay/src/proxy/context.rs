@@ -105,6 +105,11 @@ pub struct RequestCtx {
     pub upstream_us: u64,
     /// Attempts made.
     pub attempts: u32,
+    /// What the key's limits granted this request; settled in [`RequestCtx::finish`],
+    /// released on drop whatever the exit path.
+    permit: std::sync::Mutex<Option<crate::limits::engine::Permit>>,
+    /// Cost of the usage recorded so far, nanodollars (kept only when limited).
+    cost_nanos: std::sync::atomic::AtomicI64,
     /// Held until the last event is published (see `Publisher::admit`).
     _admission: Admission,
 }
@@ -134,8 +139,45 @@ impl RequestCtx {
             session: None,
             upstream_us: 0,
             attempts: 0,
+            permit: std::sync::Mutex::new(None),
+            cost_nanos: std::sync::atomic::AtomicI64::new(0),
             _admission: admission,
         }
+    }
+
+    /// Holds the limits permit until the request finishes.
+    pub fn hold(&mut self, permit: crate::limits::engine::Permit) {
+        *self
+            .permit
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(permit);
+    }
+
+    fn limited(&self) -> bool {
+        self.permit.lock().map(|p| p.is_some()).unwrap_or(true)
+    }
+
+    /// Refuses the request because a tenant limit said no.
+    pub fn reject_limit(self, r: crate::limits::Rejection) -> Response {
+        use crate::limits::LimitName as L;
+        let err = match r.limit {
+            L::Rpm | L::Concurrency => ApiError::rate_limited(r.message, r.retry_after),
+            L::Model | L::Ip => ApiError::permission(r.message),
+            L::Unavailable => ApiError::unavailable(r.message, r.retry_after),
+            _ => ApiError::billing(r.message),
+        };
+        self.finish_with(
+            Finished {
+                status: err.status.as_u16(),
+                outcome: Outcome::Rejected,
+                ttfb: None,
+                routing: None,
+                error_type: Some(err.error_type.to_owned()),
+                upstream_request_id: None,
+            },
+            Some(r.limit.as_str().to_owned()),
+        );
+        error_response(err, &self.request_id)
     }
 
     /// Publishes an event tagged with this request, its tenant and key.
@@ -188,11 +230,29 @@ impl RequestCtx {
             inference_geo: usage.inference_geo.clone(),
             completeness,
         };
+        if self.limited() {
+            let priced = self.state.limiter.prices().price_usage(Utc::now(), &ev);
+            let nanos = projections::money::usd_to_nanos(priced.cost).unwrap_or(i64::MAX);
+            self.cost_nanos
+                .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+        }
         self.publish(Event::UsageRecorded(ev), Some(account.clone()));
     }
 
     /// Publishes `request.finished` and updates the metrics.
     pub fn finish(&self, f: Finished) {
+        self.finish_with(f, None);
+    }
+
+    fn finish_with(&self, f: Finished, rejected_by: Option<String>) {
+        let permit = self
+            .permit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(p) = permit {
+            p.settle(self.cost_nanos.load(std::sync::atomic::Ordering::Relaxed));
+        }
         let latency = self.started.elapsed();
         let latency_us = micros(latency);
         let m = &self.state.proxy.metrics;
@@ -216,6 +276,7 @@ impl RequestCtx {
             routing: f.routing,
             error_type: f.error_type,
             upstream_request_id: f.upstream_request_id,
+            rejected_by,
         };
         self.publish(Event::RequestFinished(ev), account);
     }

@@ -301,11 +301,13 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
     };
 
     let mut session: Option<String> = request::session_header(&parts.headers).map(str::to_owned);
+    let mut max_tokens = None;
     if endpoint.has_body() {
         match request::parse_body(&body_bytes) {
             Ok(info) => {
                 ctx.model = Some(info.model.into_owned());
                 ctx.stream = info.stream;
+                max_tokens = info.max_tokens;
                 if session.is_none() {
                     session = info.session;
                 }
@@ -315,15 +317,87 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
     }
     ctx.session = session;
 
+    // Tenant limits, before anything is sent upstream.
+    let mut limit_headers = None;
+    if !ctx.key.limits.is_empty() || ctx.key.tenant_budget.is_some() {
+        let now = Utc::now();
+        let reservation = match (&ctx.model, endpoint.records_usage()) {
+            (Some(m), true) => crate::limits::reservation_nanos(
+                state.limiter.prices(),
+                m,
+                body_bytes.len(),
+                max_tokens.unwrap_or(0),
+                now.timestamp_millis(),
+            ),
+            _ => 0,
+        };
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let key = ctx.key.clone();
+        let admitted = state
+            .limiter
+            .admit(
+                &key,
+                &key.limits,
+                key.tenant_budget.as_ref(),
+                ctx.model.as_deref(),
+                ip,
+                reservation,
+                &ctx.request_id,
+                now,
+            )
+            .await;
+        match admitted {
+            Ok(permit) => {
+                limit_headers = Some(limit_header_values(&permit));
+                ctx.hold(permit);
+            }
+            Err(rejection) => return ctx.reject_limit(rejection),
+        }
+    }
+
     let tracker = state.tracker.clone();
     let task = tracker.spawn(forward::forward(ctx, parts, body_bytes));
     match task.await {
-        Ok(resp) => resp,
+        Ok(mut resp) => {
+            if let Some(values) = limit_headers {
+                let h = resp.headers_mut();
+                for (name, value) in values {
+                    h.insert(name, value);
+                }
+            }
+            resp
+        }
         Err(e) => {
             tracing::error!(error = %e, "forwarding task failed");
             context::error_response(ApiError::internal(), "")
         }
     }
+}
+
+/// The `x-relay-*` headers that tell a client where its key stands.
+fn limit_header_values(
+    p: &crate::limits::engine::Permit,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut out = Vec::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            out.push((http::HeaderName::from_static(name), v));
+        }
+    };
+    if let Some((limit, left)) = &p.remaining {
+        put("x-relay-budget-remaining-usd", left.to_string());
+        put("x-relay-budget-limit", limit.as_str().to_owned());
+    }
+    if let Some(r) = p.rpm {
+        put("x-relay-ratelimit-rpm", r.to_string());
+    }
+    if let Some(c) = p.max_concurrency {
+        put("x-relay-concurrency-limit", c.to_string());
+    }
+    out
 }
 
 /// Reads the body under the size limit, refusing non-JSON content types first.

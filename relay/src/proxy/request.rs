@@ -47,7 +47,12 @@ pub struct RequestInfo<'a> {
     pub stream: bool,
     /// The Claude Code session id from `metadata.user_id`, if any.
     pub session: Option<String>,
+    /// `max_tokens`, when present (budgets reserve it at the output price).
+    pub max_tokens: Option<u64>,
 }
+
+/// Longest `model` accepted; anything longer is refused before it is sent or recorded.
+pub const MAX_MODEL_LEN: usize = 256;
 
 #[derive(Deserialize)]
 struct Head<'a> {
@@ -55,6 +60,8 @@ struct Head<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
     #[serde(default, borrow)]
     metadata: Option<Metadata<'a>>,
 }
@@ -88,6 +95,11 @@ pub fn parse_body(body: &[u8]) -> Result<RequestInfo<'_>, ApiError> {
         .model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::invalid_request("model: Field required"))?;
+    if model.len() > MAX_MODEL_LEN {
+        return Err(ApiError::invalid_request(format!(
+            "model: must be at most {MAX_MODEL_LEN} characters"
+        )));
+    }
     let session = head
         .metadata
         .and_then(|m| m.user_id)
@@ -96,6 +108,7 @@ pub fn parse_body(body: &[u8]) -> Result<RequestInfo<'_>, ApiError> {
         model,
         stream: head.stream.unwrap_or(false),
         session,
+        max_tokens: head.max_tokens,
     })
 }
 

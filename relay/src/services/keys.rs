@@ -240,6 +240,7 @@ impl Services {
             group,
             expires_at,
             enabled,
+            limits: None,
         };
         let after = self
             .keys
@@ -256,6 +257,48 @@ impl Services {
             verb,
             format!("key:{id}"),
             format!("before: {}; after: {}", summary(&before), summary(&after)),
+        );
+        Ok(after)
+    }
+
+    /// Sets a key's limits (admin). The whole document is validated, stored, audited
+    /// with its before and after, and in force on every relay within the key cache's
+    /// lifetime.
+    pub async fn set_key_limits(
+        &self,
+        actor: &Actor,
+        id: &str,
+        change: &crate::limits::LimitsPatch,
+    ) -> Result<ApiKey, ServiceError> {
+        let before = self.get_key(actor, id).await?;
+        if !actor.is_admin() {
+            return Err(ServiceError::Forbidden(
+                "only an admin may change a key's limits".into(),
+            ));
+        }
+        if before.revoked_at.is_some() {
+            return Err(ServiceError::Conflict("the key is revoked".into()));
+        }
+        let limits = change.apply(before.limits.clone());
+        limits.validate().map_err(ServiceError::BadRequest)?;
+        let patch = KeyPatch {
+            limits: Some(limits.clone()),
+            ..KeyPatch::default()
+        };
+        let after = self
+            .keys
+            .update(id, &patch)
+            .await?
+            .ok_or(ServiceError::NotFound("API key"))?;
+        self.audit(
+            actor,
+            AdminVerb::KeyUpdate,
+            format!("key:{id}"),
+            format!(
+                "limits of {id}: before {}; after {}",
+                serde_json::to_string(&before.limits).unwrap_or_default(),
+                serde_json::to_string(&after.limits).unwrap_or_default()
+            ),
         );
         Ok(after)
     }

@@ -539,6 +539,56 @@ impl Services {
         Ok(Page::new(items, total, page))
     }
 
+    /// Sets a tenant's monthly budget and zone (admin); `Some(None)` clears.
+    pub async fn update_tenant(
+        &self,
+        actor: &Actor,
+        id: &str,
+        budget: Option<Option<rust_decimal::Decimal>>,
+        timezone: Option<Option<String>>,
+    ) -> Result<Tenant, ServiceError> {
+        actor.require_admin()?;
+        let before = self
+            .users
+            .tenant(id)
+            .await?
+            .ok_or(ServiceError::NotFound("tenant"))?;
+        if let Some(Some(b)) = budget {
+            crate::limits::check_budget("monthly_budget_usd", b)
+                .map_err(ServiceError::BadRequest)?;
+        }
+        if let Some(Some(z)) = &timezone {
+            if z.len() > 64 || z.parse::<chrono_tz::Tz>().is_err() {
+                return Err(ServiceError::BadRequest(
+                    "timezone must be an IANA zone name such as Europe/Berlin".into(),
+                ));
+            }
+        }
+        self.users.set_tenant_limits(id, budget, timezone).await?;
+        self.keys.clear_cache();
+        let after = self
+            .users
+            .tenant(id)
+            .await?
+            .ok_or(ServiceError::NotFound("tenant"))?;
+        let show = |t: &Tenant| {
+            format!(
+                "monthly_budget_usd={} timezone={}",
+                t.monthly_budget_usd
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                t.timezone.as_deref().unwrap_or("-")
+            )
+        };
+        self.audit(
+            actor,
+            AdminVerb::TenantUpdate,
+            format!("tenant:{id}"),
+            format!("before: {}; after: {}", show(&before), show(&after)),
+        );
+        Ok(after)
+    }
+
     /// On first start: creates the admin when there is no user. Returns the generated
     /// password when none was configured (the caller shows it once).
     pub async fn bootstrap_admin(

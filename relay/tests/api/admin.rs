@@ -403,6 +403,12 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ),
         ("DELETE", "/api/v1/admin/users/{id}", None),
         ("GET", "/api/v1/admin/tenants", None),
+        (
+            "PATCH",
+            "/api/v1/admin/tenants/{id}",
+            Some(json!({"monthly_budget_usd": "5"})),
+        ),
+        ("GET", "/api/v1/api-keys/{id}/limits", None),
         ("GET", "/api/v1/usage?tenant={tenant}", None),
         ("GET", "/api/v1/statements?tenant={tenant}", None),
         ("GET", "/api/v1/logs?tenant={tenant}", None),
@@ -459,6 +465,7 @@ impl Ids<'_> {
             "/api/v1/groups" => self.group,
             "/api/v1/api-keys" => self.key,
             "/api/v1/admin/users" => self.user,
+            "/api/v1/admin/tenants" => self.tenant,
             other => panic!("no id stands for {other}/{{id}}: add one to Ids"),
         };
         format!("{collection}/{id}{rest}")

@@ -13,6 +13,7 @@ mod cli_projections;
 mod clients;
 mod failover;
 mod forwarding;
+mod limits;
 mod oauth;
 mod operator_hygiene;
 mod proxies;
@@ -62,6 +63,16 @@ pub async fn spawn_app(flags: &[&str]) -> TestApp {
 
 /// Starts a relay on the given database (`None`: SQLite in its `DATA_DIR`).
 pub async fn spawn_app_on(database_url: Option<String>, flags: &[&str]) -> TestApp {
+    spawn_app_with(database_url, None, flags).await
+}
+
+/// Starts a relay on the given database and event log (`None`: the embedded ones):
+/// scale mode when both are shared.
+pub async fn spawn_app_with(
+    database_url: Option<String>,
+    nats_url: Option<String>,
+    flags: &[&str],
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap().to_owned();
     let mut argv: Vec<String> = vec![
@@ -80,7 +91,7 @@ pub async fn spawn_app_on(database_url: Option<String>, flags: &[&str]) -> TestA
     let args = Args::try_parse_from(argv).unwrap();
     let mut common = args.common;
     // The tests choose their stores regardless of the environment.
-    common.nats_url = None;
+    common.nats_url = nats_url;
     common.database_url = database_url;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
