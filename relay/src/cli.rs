@@ -126,6 +126,39 @@ pub enum KeysCommand {
     Disable(KeyIdArg),
     /// Change a key's name, group or expiry.
     Update(KeyUpdateArgs),
+    /// Set a key's limits (`none` clears one); with no flag, show them as they stand.
+    Limits(KeyLimitsArgs),
+}
+
+/// `relay keys limits`.
+#[derive(Debug, Args)]
+pub struct KeyLimitsArgs {
+    /// The key id (`key_…`).
+    pub id: String,
+    /// Model patterns, comma-separated (`claude-sonnet-*,claude-haiku-*`).
+    #[arg(long)]
+    pub allowed_models: Option<String>,
+    /// Client address ranges, comma-separated CIDRs.
+    #[arg(long)]
+    pub allowed_ips: Option<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    pub max_concurrency: Option<String>,
+    /// USD per calendar day.
+    #[arg(long)]
+    pub daily_budget_usd: Option<String>,
+    /// USD per calendar week.
+    #[arg(long)]
+    pub weekly_budget_usd: Option<String>,
+    /// USD per calendar month.
+    #[arg(long)]
+    pub monthly_budget_usd: Option<String>,
+    /// USD over the key's life.
+    #[arg(long)]
+    pub total_budget_usd: Option<String>,
 }
 
 /// A key id.

@@ -2,7 +2,7 @@
 //! [`crate::services`], so the CLI and the admin API behave identically.
 
 use super::{fail, Context};
-use crate::cli::{KeyCreateArgs, KeyUpdateArgs, KeysCommand};
+use crate::cli::{KeyCreateArgs, KeyLimitsArgs, KeyUpdateArgs, KeysCommand};
 use crate::services::keys::CreateKey;
 use crate::services::{Actor, Services};
 use std::io::Write;
@@ -29,7 +29,61 @@ pub async fn run(ctx: &Context, cmd: &KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCommand::Update(a) => update(&s, a).await,
+        KeysCommand::Limits(a) => limits(&s, a).await,
     }
+}
+
+/// `none` clears a limit; anything else must parse.
+fn field<T: std::str::FromStr>(
+    name: &str,
+    v: &Option<String>,
+) -> anyhow::Result<Option<Option<T>>> {
+    match v.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("none") | Some("") => Ok(Some(None)),
+        Some(x) => x
+            .parse()
+            .map(|t| Some(Some(t)))
+            .map_err(|_| anyhow::anyhow!("--{name}: {x:?} is not valid (or `none` to clear)")),
+    }
+}
+
+fn comma_list(v: &Option<String>) -> Option<Option<Vec<String>>> {
+    v.as_deref().map(|s| {
+        let items: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty() && *x != "none")
+            .map(str::to_owned)
+            .collect();
+        Some(items)
+    })
+}
+
+async fn limits(s: &Services, a: &KeyLimitsArgs) -> anyhow::Result<()> {
+    let change = crate::limits::LimitsPatch {
+        allowed_models: comma_list(&a.allowed_models),
+        allowed_ips: comma_list(&a.allowed_ips),
+        rpm: field("rpm", &a.rpm)?,
+        max_concurrency: field("max-concurrency", &a.max_concurrency)?,
+        daily_budget_usd: field("daily-budget-usd", &a.daily_budget_usd)?,
+        weekly_budget_usd: field("weekly-budget-usd", &a.weekly_budget_usd)?,
+        monthly_budget_usd: field("monthly-budget-usd", &a.monthly_budget_usd)?,
+        total_budget_usd: field("total-budget-usd", &a.total_budget_usd)?,
+    };
+    let key = if change.is_empty() {
+        s.get_key(&Actor::Cli, &a.id).await.map_err(fail)?
+    } else {
+        s.set_key_limits(&Actor::Cli, &a.id, &change)
+            .await
+            .map_err(fail)?
+    };
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string(&key.limits)?
+    )?;
+    Ok(())
 }
 
 async fn create(s: &Services, args: &KeyCreateArgs) -> anyhow::Result<()> {

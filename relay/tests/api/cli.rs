@@ -516,3 +516,41 @@ async fn keys_and_accounts_are_managed_from_the_cli_with_one_audit_event_each() 
     );
     assert!(!events.contains("sk-ant-api03-cli-account"));
 }
+
+#[tokio::test]
+async fn key_limits_are_set_and_cleared_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut create = relay_cmd(tmp.path());
+    create.args(["keys", "create", "--name", "capped"]);
+    let out = run_ok(create, "");
+    let id = out.split_whitespace().nth(2).unwrap().to_owned();
+    let mut set = relay_cmd(tmp.path());
+    set.args([
+        "keys",
+        "limits",
+        &id,
+        "--rpm",
+        "5",
+        "--daily-budget-usd",
+        "2.50",
+        "--allowed-models",
+        "claude-sonnet-*,claude-haiku-*",
+    ]);
+    let shown: serde_json::Value = serde_json::from_str(run_ok(set, "").trim()).unwrap();
+    assert_eq!(shown["rpm"], 5);
+    assert_eq!(shown["daily_budget_usd"], "2.50");
+    assert_eq!(shown["allowed_models"].as_array().unwrap().len(), 2);
+    let mut clear = relay_cmd(tmp.path());
+    clear.args(["keys", "limits", &id, "--rpm", "none"]);
+    let shown: serde_json::Value = serde_json::from_str(run_ok(clear, "").trim()).unwrap();
+    assert!(shown.get("rpm").is_none(), "{shown}");
+    assert_eq!(shown["daily_budget_usd"], "2.50");
+    let mut bad = relay_cmd(tmp.path());
+    let failed = bad
+        .args(["keys", "limits", &id, "--rpm", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("rpm must be between"));
+}
