@@ -115,16 +115,19 @@ pub async fn build_state(
     );
     bootstrap_admin(&services, &common, &config).await?;
     let proxy = Arc::new(crate::proxy::ProxyState::new(&config, publisher.clone()));
-    let limiter = Arc::new(crate::limits::engine::Limiter::new(
-        db.clone(),
-        Backend::from_url(&common.database_url())?,
-        crate::cmd::project::price_table(&common)?,
-        crate::limits::engine::LimitSettings {
-            tz: common.billing_tz().map_err(anyhow::Error::msg)?,
-            week_start: config.week_start().map_err(anyhow::Error::msg)?,
-            fail_open: config.limits_fail_open,
-        },
-    ));
+    let limiter = Arc::new(
+        crate::limits::engine::Limiter::new(
+            db.clone(),
+            Backend::from_url(&common.database_url())?,
+            crate::cmd::project::price_table(&common)?,
+            crate::limits::engine::LimitSettings {
+                tz: common.billing_tz().map_err(anyhow::Error::msg)?,
+                week_start: config.week_start().map_err(anyhow::Error::msg)?,
+                fail_open: config.limits_fail_open,
+            },
+        )
+        .with_publisher(publisher.clone()),
+    );
     let refresher = Arc::new(crate::token_refresh::TokenRefresher::new(
         accounts.clone(),
         config.oauth(),

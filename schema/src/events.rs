@@ -346,6 +346,9 @@ admin_verbs! {
     LoginFailures = "auth.login_failures",
     /// A tenant's settings changed.
     TenantUpdate = "tenant.update",
+    /// A key's or a tenant's budget passed 50, 80 or 100 % in its window (one event
+    /// per threshold per window, with a deterministic id).
+    BudgetThreshold = "budget.threshold_crossed",
 }
 
 impl AdminAction {

@@ -105,6 +105,10 @@ struct Local {
     others_known: i64,
     /// Until when a lease attempt found nothing left (avoids a transaction per refusal).
     exhausted_until: Option<Instant>,
+    /// Budget thresholds (50, 80, 100 %) already announced in this window: bits 0..3.
+    crossed: u8,
+    /// Last time the ledger was read for thresholds.
+    checked_at: Option<Instant>,
 }
 
 impl Local {
@@ -227,9 +231,115 @@ pub struct Limiter {
     prices: Arc<PriceTable>,
     settings: LimitSettings,
     scopes: Mutex<HashMap<String, Arc<Scope>>>,
+    /// Where threshold announcements go (none in tests that drive the limiter alone).
+    publisher: Option<ingest::publisher::Publisher>,
 }
 
+/// The thresholds announced, in percent.
+pub const THRESHOLDS: [i64; 3] = [50, 80, 100];
+
 impl Limiter {
+    /// Announces budget thresholds through `publisher`.
+    pub fn with_publisher(mut self, publisher: ingest::publisher::Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    /// Publishes one `budget.threshold_crossed` per threshold the ledger has passed
+    /// in the scope's window. The event id is derived from the scope and threshold, so
+    /// relays and restarts announcing the same crossing produce one event.
+    fn announce_thresholds(&self, scope: &Scope, spent: i64) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        let Kind::Budget {
+            column,
+            owner,
+            start_ms,
+            name,
+            ..
+        } = &scope.kind
+        else {
+            return;
+        };
+        let limit = *lock(&scope.limit);
+        if limit <= 0 {
+            return;
+        }
+        let mut l = lock(&scope.local);
+        for (bit, pct) in THRESHOLDS.iter().enumerate() {
+            let mask = 1u8 << bit;
+            if l.crossed & mask != 0 || spent.saturating_mul(100) < limit.saturating_mul(*pct) {
+                continue;
+            }
+            l.crossed |= mask;
+            let target = format!(
+                "{}:{owner}",
+                if *column == "tenant" { "tenant" } else { "key" }
+            );
+            let id = uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_URL,
+                format!("{}#{pct}", scope.name).as_bytes(),
+            );
+            let window = if *start_ms > 0 {
+                DateTime::from_timestamp_millis(*start_ms)
+                    .map(|t| format!(" (window from {})", t.to_rfc3339()))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let summary = format!(
+                "{} of {target} passed {pct}%: ${} of ${}{window}",
+                name.as_str(),
+                usd(spent),
+                usd(limit)
+            );
+            let mut env = schema::Envelope::new(
+                id,
+                Utc::now(),
+                schema::Event::AdminAction(schema::AdminAction::new(
+                    "relay",
+                    schema::AdminVerb::BudgetThreshold,
+                    target,
+                    summary,
+                )),
+            );
+            if *column == "tenant" {
+                env = env.with_key(schema::TenantId::parse(owner.as_str()).ok(), None);
+            } else {
+                env = env.with_key(None, schema::ApiKeyId::parse(owner.as_str()).ok());
+            }
+            publisher.publish(env);
+        }
+    }
+
+    async fn ledger_spent(&self, scope: &Scope) -> Result<Option<i64>, sqlx::Error> {
+        let Kind::Budget {
+            column,
+            owner,
+            start_ms,
+            end_ms,
+            ..
+        } = &scope.kind
+        else {
+            return Ok(None);
+        };
+        let col = if *column == "tenant" {
+            "tenant"
+        } else {
+            "api_key"
+        };
+        let row = sqlx::query(&format!(
+            "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM usage_ledger \
+             WHERE {col} = $1 AND occurred_at_ms >= $2 AND occurred_at_ms < $3"
+        ))
+        .bind(owner)
+        .bind(*start_ms)
+        .bind(end_ms.unwrap_or(i64::MAX))
+        .fetch_one(&self.db)
+        .await?;
+        Ok(Some(row.try_get::<i64, _>("n")?))
+    }
     /// A limiter over the database.
     pub fn new(
         db: AnyPool,
@@ -244,6 +354,7 @@ impl Limiter {
             prices,
             settings,
             scopes: Mutex::default(),
+            publisher: None,
         }
     }
 
@@ -269,6 +380,8 @@ impl Limiter {
                         spent_known: 0,
                         others_known: 0,
                         exhausted_until: None,
+                        crossed: 0,
+                        checked_at: None,
                     }),
                     leasing: tokio::sync::Mutex::new(()),
                 })
@@ -640,6 +753,7 @@ impl Limiter {
             .await?;
         }
         tx.commit().await?;
+        self.announce_thresholds(scope, spent);
         let mut l = lock(&scope.local);
         l.spent_known = spent;
         l.others_known = others;
@@ -778,6 +892,24 @@ impl Limiter {
                 tx.commit().await?;
             }
             lock(&scope.local).granted = granted;
+            let due = {
+                let mut l = lock(&scope.local);
+                let active =
+                    l.last_used.elapsed() < Duration::from_secs(5) || !l.unprojected.is_empty();
+                let due = active
+                    && l.crossed != 0b111
+                    && l.checked_at
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+                if due {
+                    l.checked_at = Some(Instant::now());
+                }
+                due
+            };
+            if due && self.publisher.is_some() {
+                if let Some(spent) = self.ledger_spent(&scope).await? {
+                    self.announce_thresholds(&scope, spent);
+                }
+            }
             if !matches!(scope.kind, Kind::Rpm) {
                 sqlx::query(
                     "INSERT INTO limit_leases (scope, relay, granted, updated_at_ms) VALUES ($1, $2, $3, $4) \

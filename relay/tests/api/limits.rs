@@ -366,6 +366,35 @@ async fn a_total_budget_holds_under_concurrency_and_agrees_with_the_usage_api() 
         used
     );
     eprintln!("served {ok}; spent {spent} of {budget}");
+    // Crossing 50 % and 80 % was announced once each, with the key on the event.
+    let events = app
+        .wait_events("threshold events", |ev| {
+            ev.iter()
+                .filter(|e| matches!(&e.event, schema::Event::AdminAction(a) if a.action == "budget.threshold_crossed"))
+                .count()
+                >= 2
+        })
+        .await;
+    let crossed: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            schema::Event::AdminAction(a) if a.action == "budget.threshold_crossed" => {
+                assert_eq!(e.api_key.as_ref().map(|k| k.to_string()), Some(id.clone()));
+                Some(a.summary.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    for pct in ["50%", "80%"] {
+        assert_eq!(
+            crossed
+                .iter()
+                .filter(|s| s.contains(&format!("passed {pct}")))
+                .count(),
+            1,
+            "{crossed:?}"
+        );
+    }
 }
 
 #[tokio::test]
