@@ -344,6 +344,9 @@ admin_verbs! {
     UserDelete = "user.delete",
     /// Failed admin logins in one window, aggregated per source.
     LoginFailures = "auth.login_failures",
+    /// Admin API requests refused for a missing, invalid or expired token in one
+    /// window, aggregated per client address.
+    AdminAuthFailures = "auth.admin_failures",
     /// A tenant's settings changed.
     TenantUpdate = "tenant.update",
     /// A key's or a tenant's budget passed 50, 80 or 100 % in its window (one event

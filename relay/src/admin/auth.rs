@@ -43,11 +43,27 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| {
-            AdminError::unauthenticated("missing bearer token: log in at POST /api/v1/auth/login")
-        })?;
-        let user = state.services.authenticate_token(token).await?;
-        Ok(Auth(Actor::User(Box::new(user))))
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let Some(token) = bearer(parts) else {
+            state
+                .services
+                .record_admin_auth_failure(client, "missing bearer token");
+            return Err(AdminError::unauthenticated(
+                "missing bearer token: log in at POST /api/v1/auth/login",
+            ));
+        };
+        match state.services.authenticate_token(token).await {
+            Ok(user) => Ok(Auth(Actor::User(Box::new(user)))),
+            Err(e) => {
+                state
+                    .services
+                    .record_admin_auth_failure(client, "invalid or expired token");
+                Err(e.into())
+            }
+        }
     }
 }
 

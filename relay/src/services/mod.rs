@@ -292,6 +292,16 @@ impl Services {
         );
     }
 
+    /// Records something the relay itself observed (aggregated failures): actor `relay`.
+    pub fn audit_relay(
+        &self,
+        verb: AdminVerb,
+        target: impl Into<String>,
+        summary: impl Into<String>,
+    ) {
+        self.audit_event(AdminAction::new("relay", verb, target, summary), None);
+    }
+
     /// Records an action about an account (the event carries the account id).
     pub fn audit_account(
         &self,

@@ -215,8 +215,7 @@ impl Services {
                 }
                 // Aggregated: one event at the 1st, 10th, 100th… failure of a window.
                 if matches!(n, 1 | 10 | 100 | 1_000 | 10_000 | 100_000) {
-                    self.audit(
-                        &Actor::Cli,
+                    self.audit_relay(
                         AdminVerb::LoginFailures,
                         user_scope.chars().take(80).collect::<String>(),
                         format!(
@@ -232,6 +231,29 @@ impl Services {
                     "invalid username or password".into(),
                 ))
             }
+        }
+    }
+
+    /// Counts a refused admin API token and records the failures aggregated per client
+    /// address and window: one `auth.admin_failures` event at the 1st, 10th, 100th …
+    /// failure, never one per request.
+    pub fn record_admin_auth_failure(&self, client: Option<std::net::IpAddr>, why: &str) {
+        let scope = format!(
+            "admin-token:{}",
+            client
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "unknown".into())
+        );
+        let n = self.throttle.fail(&scope, Instant::now());
+        if matches!(n, 1 | 10 | 100 | 1_000 | 10_000 | 100_000) {
+            self.audit_relay(
+                AdminVerb::AdminAuthFailures,
+                scope,
+                format!(
+                    "{n} refused admin API request(s) in the current {}-minute window (latest: {why})",
+                    FAILURE_WINDOW.as_secs() / 60
+                ),
+            );
         }
     }
 

@@ -786,6 +786,19 @@ async fn bad_tokens_get_401_on_every_route() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Well over a hundred refusals, recorded as a handful of aggregate events.
+    let events = app.events().await;
+    let aggregated: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            schema::Event::AdminAction(a) if a.action == "auth.admin_failures" => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert!((1..=4).contains(&aggregated.len()), "{aggregated:?}");
+    assert!(aggregated
+        .iter()
+        .all(|a| a.actor == "relay" && a.target == "admin-token:127.0.0.1"));
 }
 
 #[tokio::test]
@@ -1194,4 +1207,112 @@ async fn the_last_admin_cannot_be_demoted_and_the_first_start_generates_a_passwo
         .data_dir
         .join("initial-admin-password")
         .exists());
+}
+
+/// The JSON properties of an operation's request body, references resolved.
+fn body_properties(doc: &Value, method: &str, path: &str) -> Option<Vec<(String, Value)>> {
+    let op = &doc["paths"][path][method.to_lowercase()];
+    let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+    if schema.is_null() {
+        return None;
+    }
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => resolve(doc, r),
+        None => schema,
+    };
+    Some(
+        schema["properties"]
+            .as_object()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn hostile_input_on_every_documented_operation_gets_a_4xx_never_a_5xx() {
+    let t = two_tenants().await;
+    let app = &t.app;
+    let mock = MockUpstream::start().await;
+    let acc = app.add_account(&mock, Acc::new("pool", KEY_A)).await;
+    let (_, g) = app
+        .api(
+            "POST",
+            "/api/v1/groups",
+            Some(&t.admin),
+            Some(json!({"name": "g1"})),
+        )
+        .await;
+    let group = g["id"].as_i64().unwrap().to_string();
+    let ids = Ids {
+        account: acc.as_str(),
+        group: &group,
+        key: &t.bob_key_id,
+        user: &t.bob_id,
+        tenant: "bob",
+    };
+    let (_, doc) = app.api("GET", "/api/v1/openapi.json", None, None).await;
+    let huge = "x".repeat(1 << 20);
+    let mut tried = 0;
+    for op in operations(&doc) {
+        let path = ids.fill(&op.path);
+        let token = op.secured.then_some(t.admin.as_str());
+        let mut cases: Vec<(String, Option<Value>)> = Vec::new();
+        if let Some(props) = body_properties(&doc, &op.method, &op.path) {
+            cases.push((path.clone(), Some(json!([1, 2, 3]))));
+            cases.push((path.clone(), Some(json!("a string"))));
+            cases.push((path.clone(), Some(json!({"no_such_field": 1}))));
+            for (name, schema) in props {
+                let wrong =
+                    if schema["type"] == "string" || schema["type"] == json!(["string", "null"]) {
+                        json!(12345)
+                    } else {
+                        json!("not the right type")
+                    };
+                cases.push((path.clone(), Some(json!({ name.clone(): wrong }))));
+                cases.push((path.clone(), Some(json!({ name.clone(): huge }))));
+                cases.push((path.clone(), Some(json!({ name: {"deep": [[[1]]]} }))));
+            }
+        } else if op.method == "GET" {
+            for q in [
+                "page=-1",
+                "limit=1000000",
+                "page=abc",
+                "from=yesterday",
+                "to=9999-99-99",
+                "limit=0",
+                "before_position=-5",
+                "tz=%00",
+                "granularity=%FF",
+            ] {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                cases.push((format!("{path}{sep}{q}"), None));
+            }
+        }
+        for (url, body) in cases {
+            tried += 1;
+            let (status, resp) = app.api(&op.method, &url, token, body.clone()).await;
+            let shown = body
+                .as_ref()
+                .map(|b| b.to_string().chars().take(80).collect::<String>());
+            assert!(
+                status < 500,
+                "{} {url} {shown:?}: {status} {resp}",
+                op.method
+            );
+            if status >= 400 {
+                assert_eq!(
+                    resp["code"].as_u64().map(|c| c / 100),
+                    Some(u64::from(status)),
+                    "{} {url}: {resp}",
+                    op.method
+                );
+                assert!(
+                    resp["error"].as_str().is_some_and(|e| e.len() < 2000),
+                    "{} {url}: {resp}",
+                    op.method
+                );
+            }
+        }
+    }
+    assert!(tried > 150, "only {tried} cases");
 }
