@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Starts every background task for a serving process.
 pub fn spawn(state: &AppState) {
     if state.config.projectors == OnOff::On {
-        crate::cmd::project::spawn_projectors(
+        crate::projectors::spawn_projectors(
             state.db.clone(),
             state.log.clone(),
             &state.common,
@@ -21,7 +21,7 @@ pub fn spawn(state: &AppState) {
             state.shutdown.clone(),
         );
     }
-    crate::cmd::project::spawn_retention(
+    crate::projectors::spawn_retention(
         state.db.clone(),
         state.config.log_retention_months,
         &state.tracker,

@@ -35,6 +35,7 @@ pub mod oauth;
 pub mod oauth_onboarding;
 pub mod ops;
 pub mod pool;
+pub mod projectors;
 pub mod proxy;
 pub mod server;
 pub mod services;

@@ -119,7 +119,7 @@ pub async fn build_state(
         crate::limits::engine::Limiter::new(
             db.clone(),
             Backend::from_url(&common.database_url())?,
-            crate::cmd::project::price_table(&common)?,
+            crate::projectors::price_table(&common)?,
             crate::limits::engine::LimitSettings {
                 tz: common.billing_tz().map_err(anyhow::Error::msg)?,
                 week_start: config.week_start().map_err(anyhow::Error::msg)?,
