@@ -264,6 +264,33 @@ pub struct ServeConfig {
     )]
     pub default_admin_email: String,
 
+    /// Longest wait for a request's headers, seconds; also how long an idle keep-alive
+    /// connection is kept.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
+
+    /// Longest wait for a request body to arrive in full, seconds (408 after).
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value_t = 60)]
+    pub body_read_timeout_secs: u64,
+
+    /// Most client connections open at once (kept 128 below the open-files limit);
+    /// more are refused at once with 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest request head (request line and headers) in bytes; larger ones get 431.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// A second listen address that serves only `GET /health`, with connections of its
+    /// own, so probes keep answering when the main listener is flooded.
+    #[arg(long, env = "HEALTH_ADDR")]
+    pub health_addr: Option<String>,
+
+    /// On SIGTERM, how long in-flight requests may take to finish, seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
     /// Admit requests when a key's limits cannot be checked (the database is
     /// unreachable). Off: such keys fail closed with 503.
     #[arg(long, env = "LIMITS_FAIL_OPEN", default_value_t = false)]
@@ -306,6 +333,16 @@ impl ServeConfig {
             _ => String::new(),
         };
         Some(format!("{scheme}://{auth}{host}:{port}"))
+    }
+
+    /// The edge's limits.
+    pub fn server_options(&self) -> crate::server::ServerOptions {
+        crate::server::ServerOptions {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_header_bytes: self.max_header_bytes.max(1024),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
     }
 
     /// `BILLING_WEEK_START` parsed.

@@ -30,6 +30,22 @@ impl ApiError {
         }
     }
 
+    /// An error for a bare status (framework and protocol refusals), with the error
+    /// type Anthropic uses for that status.
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let error_type = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            s if s >= 500 => "api_error",
+            _ => "invalid_request_error",
+        };
+        Self::new(status, error_type, message)
+    }
+
     /// 400 `invalid_request_error`.
     pub fn invalid_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)

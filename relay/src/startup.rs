@@ -223,8 +223,25 @@ pub async fn run_with_state(listener: TcpListener, state: AppState) -> anyhow::R
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
     crate::background::spawn(&state);
+    let options = state.config.server_options();
+    if let Some(addr) = state.config.health_addr.clone() {
+        let health = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on HEALTH_ADDR {addr}"))?;
+        let opts = crate::server::ServerOptions {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(5),
+            ..options.clone()
+        };
+        tracker.spawn(crate::server::run(
+            health,
+            crate::server::health_router(),
+            shutdown.clone(),
+            opts,
+        ));
+    }
     let app = crate::server::router(state);
-    let result = crate::server::run(listener, app, shutdown.clone()).await;
+    let result = crate::server::run(listener, app, shutdown.clone(), options).await;
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;

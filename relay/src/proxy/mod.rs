@@ -417,7 +417,20 @@ async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(ApiError::too_large(max));
     }
-    match axum::body::to_bytes(body, max).await {
+    let limit = std::time::Duration::from_secs(state.config.body_read_timeout_secs.max(1));
+    let read = match tokio::time::timeout(limit, axum::body::to_bytes(body, max)).await {
+        Ok(r) => r,
+        Err(_) => {
+            return Err(ApiError::from_status(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    limit.as_secs()
+                ),
+            ))
+        }
+    };
+    match read {
         Ok(b) => Ok(b),
         Err(e) => {
             let too_large = std::error::Error::source(&e)

@@ -62,6 +62,8 @@ struct Head<'a> {
     stream: Option<bool>,
     #[serde(default)]
     max_tokens: Option<u64>,
+    #[serde(default)]
+    messages: Option<serde::de::IgnoredAny>,
     #[serde(default, borrow)]
     metadata: Option<Metadata<'a>>,
 }
@@ -84,6 +86,12 @@ const MAX_SESSION_LEN: usize = 200;
 /// Parses the body. The whole document is validated (serde_json checks it to the end),
 /// so malformed JSON is refused before anything is forwarded.
 pub fn parse_body(body: &[u8]) -> Result<RequestInfo<'_>, ApiError> {
+    // serde would read a struct from a JSON array too; the Messages API takes an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid_request(
+            "request body must be a JSON object",
+        ));
+    }
     let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             ApiError::invalid_request(format!("invalid request body: {e}"))
@@ -95,6 +103,9 @@ pub fn parse_body(body: &[u8]) -> Result<RequestInfo<'_>, ApiError> {
         .model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::invalid_request("model: Field required"))?;
+    if head.messages.is_none() {
+        return Err(ApiError::invalid_request("messages: Field required"));
+    }
     if model.len() > MAX_MODEL_LEN {
         return Err(ApiError::invalid_request(format!(
             "model: must be at most {MAX_MODEL_LEN} characters"
@@ -174,7 +185,7 @@ mod tests {
     fn body_fields_and_sessions() {
         let uid = r#"{\"device_id\":\"abc\",\"account_uuid\":\"\",\"session_id\":\"3f1c-uuid\"}"#;
         let body = format!(
-            r#"{{"model":"claude-x","max_tokens":5,"stream":true,"metadata":{{"user_id":"{uid}"}},"unknown":[1,2]}}"#
+            r#"{{"model":"claude-x","max_tokens":5,"stream":true,"messages":[],"metadata":{{"user_id":"{uid}"}},"unknown":[1,2]}}"#
         );
         let info = parse_body(body.as_bytes()).unwrap();
         assert_eq!(info.model, "claude-x");
@@ -182,7 +193,7 @@ mod tests {
         assert_eq!(info.session.as_deref(), Some("3f1c-uuid"));
 
         let legacy =
-            br#"{"model":"m","metadata":{"user_id":"user_ab12_account_0000_session_9e9e-1"}}"#;
+            br#"{"model":"m","messages":[],"metadata":{"user_id":"user_ab12_account_0000_session_9e9e-1"}}"#;
         assert_eq!(
             parse_body(legacy).unwrap().session.as_deref(),
             Some("9e9e-1")
@@ -196,6 +207,8 @@ mod tests {
             &b"{not json"[..],
             b"{\"max_tokens\":1}",
             b"[1,2]",
+            b"[\"claude-sonnet-4-5\"]",
+            b"{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":1}",
             b"{\"model\":5}",
             b"{\"model\":\"m\"} trailing",
             b"",

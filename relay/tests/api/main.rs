@@ -11,6 +11,7 @@ mod auth_input;
 mod cli;
 mod cli_projections;
 mod clients;
+mod edge;
 mod failover;
 mod forwarding;
 mod limits;
@@ -277,6 +278,19 @@ impl TestApp {
                 "timed out waiting for {what}: {ev:#?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts a shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for the server task to end; `false` when `limit` passes first.
+    pub async fn wait_server(&mut self, limit: Duration) -> bool {
+        match self.server.take() {
+            Some(s) => tokio::time::timeout(limit, s).await.is_ok(),
+            None => true,
         }
     }
 
