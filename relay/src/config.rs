@@ -172,6 +172,16 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVER_ERROR_COOLDOWN", default_value_t = 10)]
     pub server_error_cooldown_secs: u64,
 
+    /// How many 5xx or connection failures, from different requests within
+    /// `SERVER_ERROR_WINDOW`, cool an account down (429, 529, 401 and 403-ban act at
+    /// once).
+    #[arg(long, env = "SERVER_ERROR_STRIKES", default_value_t = 3)]
+    pub server_error_strikes: u32,
+
+    /// The window of `SERVER_ERROR_STRIKES`, seconds.
+    #[arg(long, env = "SERVER_ERROR_WINDOW", default_value_t = 60)]
+    pub server_error_window_secs: u64,
+
     /// Months of request log kept by the retention job.
     #[arg(long, env = "LOG_RETENTION_MONTHS", default_value_t = 6)]
     pub log_retention_months: u32,

@@ -20,6 +20,12 @@ pub struct Cooldowns {
     pub overload: Duration,
     /// 5xx and connection errors.
     pub server_error: Duration,
+    /// How many 5xx / connection failures (from different requests) within
+    /// `strike_window` it takes to cool an account down: one request that upstream
+    /// fails must not take an account, let alone the pool, out of service.
+    pub strikes: u32,
+    /// The window those failures must fall in.
+    pub strike_window: Duration,
 }
 
 impl Cooldowns {
@@ -30,6 +36,8 @@ impl Cooldowns {
             rate_limit_max: Duration::from_secs(c.rate_limit_max_cooldown_secs),
             overload: Duration::from_secs(c.overload_cooldown_secs),
             server_error: Duration::from_secs(c.server_error_cooldown_secs),
+            strikes: c.server_error_strikes.max(1),
+            strike_window: Duration::from_secs(c.server_error_window_secs.max(1)),
         }
     }
 }
@@ -60,6 +68,10 @@ pub struct Health {
     pub state: HealthState,
     /// End of the cooldown for cooldown states.
     pub until: Option<DateTime<Utc>>,
+    /// 5xx / connection failures counted towards a cooldown, and when the count began.
+    pub strikes: u32,
+    /// Start of the strike window.
+    pub strike_start: Option<DateTime<Utc>>,
 }
 
 impl Default for Health {
@@ -67,6 +79,8 @@ impl Default for Health {
         Self {
             state: HealthState::Healthy,
             until: None,
+            strikes: 0,
+            strike_start: None,
         }
     }
 }
@@ -120,8 +134,31 @@ impl Health {
         now: DateTime<Utc>,
         cooldowns: &Cooldowns,
     ) -> Option<AccountHealthChanged> {
+        let weak = match &signal {
+            Signal::Connection { .. } => true,
+            Signal::Status { status, .. } => (500..=599).contains(status) && *status != 529,
+            Signal::Success => false,
+        };
+        if weak && self.state == HealthState::Healthy {
+            // Evidence before blame: count, and cool down only at the k-th failure
+            // within the window.
+            let fresh = self.strike_start.is_some_and(|t| {
+                now.signed_duration_since(t).to_std().unwrap_or_default() < cooldowns.strike_window
+            });
+            if fresh {
+                self.strikes += 1;
+            } else {
+                self.strikes = 1;
+                self.strike_start = Some(now);
+            }
+            if self.strikes < cooldowns.strikes {
+                return None;
+            }
+        }
         let (to, reason, until, evidence) = match signal {
             Signal::Success => {
+                self.strikes = 0;
+                self.strike_start = None;
                 if self.state == HealthState::Banned {
                     // Only an administrator lifts a ban.
                     return None;
@@ -206,6 +243,8 @@ impl Health {
         let from = self.state;
         self.state = to;
         self.until = until;
+        self.strikes = 0;
+        self.strike_start = None;
         Some(AccountHealthChanged {
             account: account.clone(),
             from,
@@ -298,6 +337,8 @@ mod tests {
             rate_limit_max: Duration::from_secs(3600),
             overload: Duration::from_secs(30),
             server_error: Duration::from_secs(10),
+            strikes: 1,
+            strike_window: Duration::from_secs(30),
         }
     }
 
@@ -441,5 +482,65 @@ mod tests {
         let mut h2 = Health::default();
         h2.apply_remote(&ev, now + TimeDelta::seconds(31));
         assert_eq!(h2, Health::default());
+    }
+
+    #[test]
+    fn server_errors_cool_an_account_down_only_on_repeated_evidence() {
+        let c = Cooldowns {
+            strikes: 3,
+            strike_window: Duration::from_secs(60),
+            ..cd()
+        };
+        let id = AccountId::parse("acc_1").unwrap();
+        let t0 = Utc::now();
+        let s500 = || Signal::Status {
+            status: 500,
+            evidence: HealthEvidence::default(),
+        };
+        let conn = || Signal::Connection {
+            message: "reset".into(),
+        };
+        let at = |s: i64| t0 + TimeDelta::seconds(s);
+        // (signal, seconds after t0, state after)
+        let steps: Vec<(Signal, i64, HealthState)> = vec![
+            (s500(), 0, HealthState::Healthy),
+            (conn(), 10, HealthState::Healthy),
+            // A success in between starts the count again.
+            (Signal::Success, 11, HealthState::Healthy),
+            (s500(), 12, HealthState::Healthy),
+            (s500(), 13, HealthState::Healthy),
+            // Outside the window: the count starts over.
+            (s500(), 100, HealthState::Healthy),
+            (s500(), 101, HealthState::Healthy),
+            (conn(), 102, HealthState::Degraded),
+        ];
+        let mut h = Health::default();
+        for (i, (sig, secs, want)) in steps.into_iter().enumerate() {
+            h.observe(&id, sig, at(secs), &c);
+            assert_eq!(h.state, want, "step {i}");
+        }
+        // Account signals keep their immediate effect.
+        let mut h = Health::default();
+        h.observe(
+            &id,
+            Signal::Status {
+                status: 529,
+                evidence: HealthEvidence::default(),
+            },
+            t0,
+            &c,
+        );
+        assert_eq!(h.state, HealthState::Overloaded);
+        let mut h = Health::default();
+        h.observe(
+            &id,
+            Signal::Status {
+                status: 429,
+                evidence: HealthEvidence::default(),
+            },
+            t0,
+            &c,
+        );
+        assert_eq!(h.state, HealthState::RateLimited);
     }
 }

@@ -498,6 +498,8 @@ mod tests {
             rate_limit_max: Duration::from_secs(600),
             overload: Duration::from_secs(30),
             server_error: Duration::from_secs(10),
+            strikes: 1,
+            strike_window: Duration::from_secs(30),
         };
         (Pool::new(cd, Duration::from_secs(3600), sink), events)
     }

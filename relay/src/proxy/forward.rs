@@ -209,13 +209,22 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
                     }
                 }
             }
+            // A server error that upstream marks as not worth retrying is about the
+            // request, not the account: another account would fail the same way, and
+            // this one is not to blame.
+            let final_answer = status >= 500
+                && upstream_headers
+                    .get("x-should-retry")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
             let evidence = evidence(status, &upstream_headers, summary.error.as_ref());
             tracing::info!(account = %account.id, status, "upstream refused; failing over if possible");
-            proxy.pool.observe(
-                lease.runtime(),
-                Signal::Status { status, evidence },
-                Utc::now(),
-            );
+            if !final_answer {
+                proxy.pool.observe(
+                    lease.runtime(),
+                    Signal::Status { status, evidence },
+                    Utc::now(),
+                );
+            }
             ctx.record_usage(
                 &account.id,
                 attempt,
@@ -226,13 +235,7 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
                 Completeness::Complete,
             );
             tried.push(lease.runtime().clone());
-            // A server error that upstream marks as not worth retrying is about the
-            // request, not the account: another account would fail the same way.
             // Account-specific refusals (401, 403, 429) still fail over.
-            let final_answer = status >= 500
-                && upstream_headers
-                    .get("x-should-retry")
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
             last = Some(Failure::Upstream {
                 status,
                 headers: upstream_headers,

@@ -197,3 +197,23 @@ async fn bodies_that_are_not_messages_requests_are_refused_before_upstream() {
     }
     assert_eq!(mock.request_count(), 0);
 }
+
+#[tokio::test]
+async fn one_poisonous_request_leaves_the_account_in_service() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[]).await;
+    app.add_account(&mock, Acc::new("only", KEY_A)).await;
+    // Upstream fails this one request.
+    mock.script(KEY_A, [bench::mock::Step::server_error()]);
+    let r = app.messages(&body(false)).send().await.unwrap();
+    assert!(r.status().is_server_error());
+    // The only account is still in service for everyone else.
+    let r = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let events = app.events().await;
+    assert!(
+        health(&events).is_empty(),
+        "the account was cooled down: {:?}",
+        health(&events)
+    );
+}

@@ -8,7 +8,8 @@ use std::time::Duration;
 #[tokio::test]
 async fn fails_over_on_429_529_and_5xx_with_one_usage_event_per_attempt() {
     let mock = MockUpstream::start().await;
-    let app = spawn_app(&["--max-attempts", "4"]).await;
+    // One failure per account is enough evidence here: this test is about failover.
+    let app = spawn_app(&["--max-attempts", "4", "--server-error-strikes", "1"]).await;
     let a = app
         .add_account(&mock, Acc::new("a", KEY_A).priority(0))
         .await;
@@ -210,15 +211,17 @@ async fn a_server_error_upstream_says_not_to_retry_is_returned_without_failover(
     assert_eq!(resp.status(), 500);
     assert_eq!(resp.headers()["x-should-retry"], "false");
     assert_eq!(mock.request_count(), 1, "no second account was tried");
-    // A rate limit is about the account, so the same header does not stop failover
-    // (a is cooling down after its 500; b is rate-limited; c answers).
+    // That 500 was about the request, not the account: a stays in service. A rate
+    // limit is about the account, so the same header does not stop failover (a is
+    // rate-limited; b answers).
     mock.script(
-        KEY_B,
+        KEY_A,
         [Step::rate_limited(5).with_header("x-should-retry", "false")],
     );
     let resp = app.messages(&body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(mock.requests_for(KEY_C).len(), 1);
+    assert_eq!(mock.requests_for(KEY_A).len(), 2);
+    assert_eq!(mock.requests_for(KEY_B).len(), 1);
     app.stop().await;
 }
 
