@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod server;
 pub mod services;
 pub mod startup;
+pub mod throttle;
 pub mod token_refresh;
 pub mod upstream;
 pub mod usage_tap;

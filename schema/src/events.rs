@@ -377,7 +377,7 @@ impl AdminAction {
 }
 
 /// Why a client credential was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthFailureReason {
     /// No credential header.
@@ -404,4 +404,9 @@ pub struct AuthFailed {
     /// Client address as seen by the relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<String>,
+    /// Failures are recorded aggregated: this event stands for the failures from
+    /// `client_addr` for this `reason` in the current minute so far (1, 10, 100, …).
+    /// Absent on older events, which stand for one failure each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures_in_window: Option<u64>,
 }

@@ -420,6 +420,7 @@ pub fn auth_failed(when: DateTime<Utc>) -> Envelope {
             endpoint: "/v1/messages".into(),
             key_prefix: Some("sk-relay-abc".into()),
             client_addr: Some("10.0.0.7".into()),
+            failures_in_window: None,
         }),
     )
 }

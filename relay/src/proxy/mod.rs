@@ -37,6 +37,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// Requests with an invalid key tolerated per client address and minute; beyond, the
+/// address gets 429 without a key lookup until the minute ends.
+pub const AUTH_FAILURES_PER_MINUTE: u32 = 60;
+
 /// Most streams drained at once after client disconnects; beyond this the relay
 /// records partial usage instead of holding more upstream connections open.
 pub const MAX_CONCURRENT_DRAINS: usize = 256;
@@ -87,6 +91,11 @@ pub struct ProxyState {
     pub own_events: Arc<OwnEvents>,
     /// Streams currently being drained after a disconnect.
     pub drains: AtomicUsize,
+    /// Invalid-key requests per client address and minute.
+    pub auth_failures: crate::throttle::FailureWindows<std::net::IpAddr>,
+    /// The same per address and reason, deciding when an aggregated event is due.
+    pub auth_failure_events:
+        crate::throttle::FailureWindows<(std::net::IpAddr, schema::AuthFailureReason)>,
     /// Log position read just before the start-up account load: the admin watcher
     /// follows account changes from here, so none logged meanwhile is missed.
     pub accounts_as_of: std::sync::atomic::AtomicU64,
@@ -114,6 +123,8 @@ impl ProxyState {
             metrics: Arc::new(Metrics::new()),
             own_events,
             drains: AtomicUsize::new(0),
+            auth_failures: crate::throttle::FailureWindows::new(Duration::from_secs(60)),
+            auth_failure_events: crate::throttle::FailureWindows::new(Duration::from_secs(60)),
             accounts_as_of: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -234,6 +245,31 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
     let (parts, body) = req.into_parts();
 
     let presented = request::credential(&parts.headers);
+    let client_ip = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let scope = client_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    // An address that keeps presenting bad keys is answered without a lookup.
+    if let Some(wait) =
+        state
+            .proxy
+            .auth_failures
+            .blocked(&scope, AUTH_FAILURES_PER_MINUTE, Instant::now())
+    {
+        state
+            .proxy
+            .metrics
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return context::error_response(
+            ApiError::rate_limited(
+                "relay: too many requests with an invalid API key from this address",
+                Some(wait),
+            ),
+            &request_id,
+        );
+    }
     let key = match state.keys.authenticate(presented, Utc::now()).await {
         Ok(k) => k,
         Err(e) => {
@@ -243,22 +279,39 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
                 .auth_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(reason) = e.audit_reason() {
-                let client_addr = parts
-                    .extensions
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|c| c.0.ip().to_string());
-                let ev = Envelope::new(
-                    Uuid::now_v7(),
-                    Utc::now(),
-                    Event::AuthFailed(AuthFailed {
-                        reason,
-                        endpoint: endpoint.as_str().to_owned(),
-                        key_prefix: request::loggable_prefix(presented),
-                        client_addr,
-                    }),
-                )
-                .with_request(request_id.clone());
-                state.publisher.publish(ev);
+                let now = Instant::now();
+                let from_addr = state.proxy.auth_failures.fail(&scope, now);
+                // Recorded aggregated: the 1st, 10th, 100th … failure of an address
+                // for a reason in a minute, so a flood cannot fill the event log.
+                let n = state.proxy.auth_failure_events.fail(&(scope, reason), now);
+                if crate::throttle::is_milestone(n) {
+                    let ev = Envelope::new(
+                        Uuid::now_v7(),
+                        Utc::now(),
+                        Event::AuthFailed(AuthFailed {
+                            reason,
+                            endpoint: endpoint.as_str().to_owned(),
+                            key_prefix: request::loggable_prefix(presented),
+                            client_addr: client_ip.map(|ip| ip.to_string()),
+                            failures_in_window: Some(u64::from(n)),
+                        }),
+                    )
+                    .with_request(request_id.clone());
+                    state.publisher.publish(ev);
+                }
+                if from_addr > AUTH_FAILURES_PER_MINUTE {
+                    return context::error_response(
+                        ApiError::rate_limited(
+                            "relay: too many requests with an invalid API key from this address",
+                            state.proxy.auth_failures.blocked(
+                                &scope,
+                                AUTH_FAILURES_PER_MINUTE,
+                                now,
+                            ),
+                        ),
+                        &request_id,
+                    );
+                }
                 return context::error_response(
                     ApiError::authentication(e.to_string()),
                     &request_id,

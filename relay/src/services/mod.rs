@@ -274,7 +274,7 @@ impl Services {
             jwt,
             publisher,
             settings: Arc::new(settings),
-            throttle: Arc::default(),
+            throttle: Arc::new(users::LoginThrottle::new(users::FAILURE_WINDOW)),
         }
     }
 

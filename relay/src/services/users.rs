@@ -6,8 +6,6 @@ use crate::identity::password;
 use crate::identity::{NewUser, Role, Tenant, User, UserPatch};
 use chrono::{DateTime, Utc};
 use schema::{AdminVerb, TenantId};
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Failed logins tolerated per user name in a window.
@@ -17,50 +15,8 @@ pub const MAX_FAILURES_PER_ADDR: u32 = 20;
 /// The throttle window.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// Failed logins per scope (`user:<name>`, `addr:<ip>`) in fixed windows, in memory.
-#[derive(Default)]
-pub struct LoginThrottle {
-    /// scope → (failures, window start).
-    windows: Mutex<HashMap<String, (u32, Instant)>>,
-}
-
-impl LoginThrottle {
-    fn blocked(&self, scope: &str, max: u32, now: Instant) -> Option<u64> {
-        let g = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (n, start) = g.get(scope)?;
-        let left = FAILURE_WINDOW
-            .checked_sub(now.duration_since(*start))
-            .filter(|d| !d.is_zero())?;
-        (*n >= max).then(|| left.as_secs().max(1))
-    }
-
-    /// Counts a failure; returns the count in the current window.
-    fn fail(&self, scope: &str, now: Instant) -> u32 {
-        let mut g = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if g.len() > 100_000 {
-            g.retain(|_, (_, start)| now.duration_since(*start) < FAILURE_WINDOW);
-        }
-        let e = g.entry(scope.to_owned()).or_insert((0, now));
-        if now.duration_since(e.1) >= FAILURE_WINDOW {
-            *e = (0, now);
-        }
-        e.0 += 1;
-        e.0
-    }
-
-    fn clear(&self, scope: &str) {
-        self.windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(scope);
-    }
-}
+/// Failed logins per scope (`user:<name>`, `addr:<ip>`), in memory.
+pub type LoginThrottle = crate::throttle::FailureWindows;
 
 /// A successful login.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -214,7 +170,7 @@ impl Services {
                     self.throttle.fail(s, now);
                 }
                 // Aggregated: one event at the 1st, 10th, 100th… failure of a window.
-                if matches!(n, 1 | 10 | 100 | 1_000 | 10_000 | 100_000) {
+                if crate::throttle::is_milestone(n) {
                     self.audit_relay(
                         AdminVerb::LoginFailures,
                         user_scope.chars().take(80).collect::<String>(),
@@ -245,7 +201,7 @@ impl Services {
                 .unwrap_or_else(|| "unknown".into())
         );
         let n = self.throttle.fail(&scope, Instant::now());
-        if matches!(n, 1 | 10 | 100 | 1_000 | 10_000 | 100_000) {
+        if crate::throttle::is_milestone(n) {
             self.audit_relay(
                 AdminVerb::AdminAuthFailures,
                 scope,
@@ -666,7 +622,7 @@ mod tests {
 
     #[test]
     fn the_throttle_blocks_after_the_limit_within_a_window() {
-        let t = LoginThrottle::default();
+        let t = LoginThrottle::new(FAILURE_WINDOW);
         let now = Instant::now();
         for _ in 0..MAX_FAILURES_PER_USER {
             assert!(t.blocked("user:a", MAX_FAILURES_PER_USER, now).is_none());

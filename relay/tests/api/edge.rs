@@ -217,3 +217,40 @@ async fn one_poisonous_request_leaves_the_account_in_service() {
         health(&events)
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_wrong_keys_is_throttled_and_recorded_as_a_handful_of_events() {
+    let app = spawn_app(&[]).await;
+    let sends = (0..300).map(|i| {
+        app.messages_as(&format!("sk-relay-wrong-{i}"), &body(false))
+            .send()
+    });
+    let mut codes = std::collections::BTreeMap::new();
+    for r in futures::future::join_all(sends).await {
+        let r = r.unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        *codes.entry(r.status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(codes.get(&401), Some(&60), "{codes:?}");
+    assert_eq!(codes.get(&429), Some(&240), "{codes:?}");
+    let events = app.events().await;
+    let failed: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            schema::Event::AuthFailed(a) => a.failures_in_window,
+            _ => None,
+        })
+        .collect();
+    // 300 failures (those answered before a lookup are not even counted): 1st, 10th
+    // and perhaps 100th recorded.
+    assert!(
+        failed.len() <= 3 && failed.starts_with(&[1, 10]),
+        "aggregate auth.failed events: {failed:?}"
+    );
+    // A good key from the same address is throttled too until the minute ends:
+    // the address, not the key, is what floods.
+    let r = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+}
