@@ -49,6 +49,25 @@ pub struct CommonConfig {
     #[arg(long, env = "PRICE_TABLE", global = true)]
     pub price_table: Option<PathBuf>,
 
+    /// Allow accounts whose base URL (or whose name's addresses) is private, loopback
+    /// or link-local. Off: such accounts are refused.
+    #[arg(
+        long,
+        env = "UPSTREAM_ALLOW_PRIVATE",
+        default_value_t = false,
+        global = true
+    )]
+    pub upstream_allow_private: bool,
+
+    /// Hosts allowed as upstream whatever they resolve to, comma-separated.
+    #[arg(
+        long,
+        env = "UPSTREAM_ALLOW_HOSTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub upstream_allow_hosts: Vec<String>,
+
     /// Time zone (IANA name) of times given without one, such as a key's
     /// `expires_at` of `"2025-12-31 23:59:59"`.
     #[arg(long, env = "BILLING_TIMEZONE", default_value = "UTC", global = true)]
@@ -67,6 +86,19 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
+    /// Where upstream traffic may go.
+    pub fn egress(&self) -> crate::egress::EgressPolicy {
+        crate::egress::EgressPolicy {
+            allow_private: self.upstream_allow_private,
+            allow_hosts: self
+                .upstream_allow_hosts
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        }
+    }
+
     /// `BILLING_TIMEZONE` parsed.
     pub fn billing_tz(&self) -> Result<chrono_tz::Tz, String> {
         self.billing_timezone.trim().parse().map_err(|_| {
@@ -296,6 +328,16 @@ pub struct ServeConfig {
     /// own, so probes keep answering when the main listener is flooded.
     #[arg(long, env = "HEALTH_ADDR")]
     pub health_addr: Option<String>,
+
+    /// Bearer token that `GET /metrics` on the main listener requires. Unset: /metrics
+    /// is refused there (use METRICS_ADDR).
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// A separate listen address serving `GET /metrics` without a token (bind it to a
+    /// private interface).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 
     /// On SIGTERM, how long in-flight requests may take to finish, seconds.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value_t = 30)]

@@ -25,6 +25,7 @@ pub mod cmd;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod egress;
 pub mod error;
 pub mod groups;
 pub mod identity;

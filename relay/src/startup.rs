@@ -111,10 +111,15 @@ pub async fn build_state(
         ServiceSettings {
             billing_tz: common.billing_tz().map_err(anyhow::Error::msg)?,
             registration_enabled: config.registration_enabled,
+            egress: common.egress(),
         },
     );
     bootstrap_admin(&services, &common, &config).await?;
-    let proxy = Arc::new(crate::proxy::ProxyState::new(&config, publisher.clone()));
+    let proxy = Arc::new(crate::proxy::ProxyState::new(
+        &config,
+        common.egress(),
+        publisher.clone(),
+    ));
     let limiter = Arc::new(
         crate::limits::engine::Limiter::new(
             db.clone(),
@@ -236,6 +241,21 @@ pub async fn run_with_state(listener: TcpListener, state: AppState) -> anyhow::R
         tracker.spawn(crate::server::run(
             health,
             crate::server::health_router(),
+            shutdown.clone(),
+            opts,
+        ));
+    }
+    if let Some(addr) = state.config.metrics_addr.clone() {
+        let metrics = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
+        let opts = crate::server::ServerOptions {
+            max_connections: 64,
+            ..options.clone()
+        };
+        tracker.spawn(crate::server::run(
+            metrics,
+            crate::proxy::metrics_router(state.clone()),
             shutdown.clone(),
             opts,
         ));

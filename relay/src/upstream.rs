@@ -24,15 +24,18 @@ pub enum UpstreamError {
 /// The client cache.
 pub struct Upstreams {
     global_proxy: Option<String>,
+    /// Where traffic may go (names are checked after resolution).
+    egress: std::sync::Arc<crate::egress::EgressPolicy>,
     connect_timeout: Duration,
     clients: RwLock<HashMap<Option<String>, reqwest::Client>>,
 }
 
 impl Upstreams {
     /// Reads the proxy and timeout settings.
-    pub fn new(config: &ServeConfig) -> Self {
+    pub fn new(config: &ServeConfig, egress: crate::egress::EgressPolicy) -> Self {
         Self {
             global_proxy: config.global_proxy_url(),
+            egress: std::sync::Arc::new(egress),
             connect_timeout: Duration::from_secs(config.upstream_connect_timeout_secs),
             clients: RwLock::new(HashMap::new()),
         }
@@ -75,6 +78,9 @@ impl Upstreams {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(std::sync::Arc::new(crate::egress::GuardedResolver {
+                policy: self.egress.clone(),
+            }))
             .no_proxy();
         if let Some(url) = proxy {
             // `socks5://` resolves names locally; prefer `socks5h://` for remote DNS.

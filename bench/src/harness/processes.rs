@@ -166,6 +166,8 @@ fn run_cli(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("DATA_DIR", data_dir)
         .env("LOG_LEVEL", "warn")
+        // The mock upstream listens on loopback.
+        .env("UPSTREAM_ALLOW_PRIVATE", "true")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -255,6 +257,7 @@ pub async fn start_relay(
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("LOG_LEVEL", "warn")
+        .env("UPSTREAM_ALLOW_PRIVATE", "true")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -75,6 +75,7 @@ impl Context {
             ServiceSettings {
                 billing_tz: self.common.billing_tz().map_err(anyhow::Error::msg)?,
                 registration_enabled: false,
+                egress: self.common.egress(),
             },
         ))
     }

@@ -103,7 +103,11 @@ pub struct ProxyState {
 
 impl ProxyState {
     /// Builds the proxy state; health transitions are published through `publisher`.
-    pub fn new(config: &crate::config::ServeConfig, publisher: Publisher) -> Self {
+    pub fn new(
+        config: &crate::config::ServeConfig,
+        egress: crate::egress::EgressPolicy,
+        publisher: Publisher,
+    ) -> Self {
         let own_events = Arc::new(OwnEvents::default());
         let own = own_events.clone();
         let sink: HealthSink = Arc::new(move |ev| {
@@ -119,7 +123,7 @@ impl ProxyState {
                 Duration::from_secs(config.sticky_session_ttl_secs),
                 sink,
             )),
-            upstreams: Upstreams::new(config),
+            upstreams: Upstreams::new(config, egress),
             metrics: Arc::new(Metrics::new()),
             own_events,
             drains: AtomicUsize::new(0),
@@ -142,7 +146,7 @@ pub fn routes() -> Router<AppState> {
     let mut r = Router::new()
         // Claude Code 2.1.112 probes `HEAD {base}`, which is `/api` for a prefixed base.
         .route("/api", head(hello))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics_guarded));
     for prefix in ["", "/api"] {
         r = r
             .route(&format!("{prefix}/v1/messages"), post(messages))
@@ -184,6 +188,42 @@ async fn model(State(state): State<AppState>, req: Request) -> Response {
 }
 
 /// `GET /metrics`.
+/// `GET /metrics` on the main listener: only with `Authorization: Bearer
+/// <METRICS_TOKEN>` (it names every account); without a configured token, not at all
+/// (serve it on `METRICS_ADDR` instead).
+async fn metrics_guarded(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let allowed = state.config.metrics_token.as_deref().is_some_and(|t| {
+        !t.is_empty()
+            && t.len() == presented.len()
+            && t.bytes()
+                .zip(presented.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if !allowed {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(http::header::WWW_AUTHENTICATE, "Bearer")],
+            "metrics need Authorization: Bearer <METRICS_TOKEN>, or METRICS_ADDR\n",
+        )
+            .into_response();
+    }
+    metrics(State(state)).await
+}
+
+/// The metrics router for `METRICS_ADDR`, a separate listener that needs no token.
+pub fn metrics_router(state: AppState) -> axum::Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<AppState>) -> Response {
     use std::fmt::Write as _;
     let mut extra = String::new();

@@ -374,6 +374,10 @@ impl Services {
                 .as_deref()
                 .unwrap_or("https://api.anthropic.com"),
         )?;
+        self.settings
+            .egress
+            .check_url("request_url", &base_url)
+            .map_err(ServiceError::BadRequest)?;
         let proxy = input
             .proxy
             .as_deref()
@@ -476,7 +480,14 @@ impl Services {
             base_url: u
                 .request_url
                 .as_deref()
-                .map(|s| check_url("request_url", s))
+                .map(|s| {
+                    let url = check_url("request_url", s)?;
+                    self.settings
+                        .egress
+                        .check_url("request_url", &url)
+                        .map_err(ServiceError::BadRequest)?;
+                    Ok::<_, ServiceError>(url)
+                })
                 .transpose()?,
             credential,
             priority: u

@@ -221,6 +221,8 @@ pub struct ServiceSettings {
     pub billing_tz: chrono_tz::Tz,
     /// Whether anyone may register.
     pub registration_enabled: bool,
+    /// Where accounts may point.
+    pub egress: crate::egress::EgressPolicy,
 }
 
 impl Default for ServiceSettings {
@@ -228,6 +230,7 @@ impl Default for ServiceSettings {
         Self {
             billing_tz: chrono_tz::UTC,
             registration_enabled: false,
+            egress: crate::egress::EgressPolicy::default(),
         }
     }
 }

@@ -14,6 +14,8 @@ fn relay_cmd(data_dir: &Path) -> Command {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("DATA_DIR", data_dir)
         .env("LOG_LEVEL", "info")
+        // The mock upstream listens on loopback.
+        .env("UPSTREAM_ALLOW_PRIVATE", "true")
         .env("NO_COLOR", "1");
     c
 }
@@ -553,4 +555,54 @@ async fn key_limits_are_set_and_cleared_from_the_cli() {
         .unwrap();
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("rpm must be between"));
+}
+
+#[tokio::test]
+async fn metadata_private_and_loopback_base_urls_are_refused_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1:2375",
+        "http://0x7f000001",
+        "http://[::1]:9",
+    ] {
+        let mut add = relay_cmd(tmp.path());
+        add.env_remove("UPSTREAM_ALLOW_PRIVATE").args([
+            "accounts",
+            "add",
+            "--name",
+            "ssrf",
+            "--base-url",
+            url,
+        ]);
+        let out = add
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = out;
+        out.stdin
+            .take()
+            .unwrap()
+            .write_all(b"sk-ant-api03-x\n")
+            .unwrap();
+        let done = out.wait_with_output().unwrap();
+        assert!(!done.status.success(), "{url} was accepted");
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert!(err.contains("UPSTREAM_ALLOW_PRIVATE"), "{url}: {err}");
+    }
+    // An operator can allow one host.
+    let mut add = relay_cmd(tmp.path());
+    add.env_remove("UPSTREAM_ALLOW_PRIVATE")
+        .env("UPSTREAM_ALLOW_HOSTS", "10.0.0.1")
+        .args([
+            "accounts",
+            "add",
+            "--name",
+            "gateway",
+            "--base-url",
+            "http://10.0.0.1:2375",
+        ]);
+    run_ok(add, "sk-ant-api03-x\n");
 }

@@ -177,7 +177,7 @@ async fn non_streaming_passes_through_under_api_prefix_with_bearer() {
 #[tokio::test]
 async fn count_tokens_models_and_probes() {
     let mock = MockUpstream::start().await;
-    let app = spawn_app(&[]).await;
+    let app = spawn_app(&["--metrics-token", "metrics-token-for-tests"]).await;
     app.add_account(&mock, Acc::new("a", KEY_A)).await;
 
     for path in ["/api/hello", "/", "/api", "/api/api/hello"] {
@@ -235,9 +235,13 @@ async fn count_tokens_models_and_probes() {
         .await;
     assert!(usages(&events).is_empty());
 
+    // Without its token, /metrics is refused: it names every account.
+    let refused = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
     let metrics = app
         .http
         .get(app.url("/metrics"))
+        .bearer_auth("metrics-token-for-tests")
         .send()
         .await
         .unwrap()

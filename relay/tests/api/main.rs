@@ -84,6 +84,8 @@ pub async fn spawn_app_with(
         "11".repeat(32),
         "--default-admin-password".into(),
         ADMIN_PASSWORD.into(),
+        // The mock upstream listens on loopback.
+        "--upstream-allow-private".into(),
     ];
     if !flags.contains(&"--projectors") {
         argv.extend(["--projectors".into(), "off".into()]);
