@@ -60,6 +60,65 @@ pub enum CryptoError {
 pub struct Cipher {
     /// The AES-256-GCM instance holding the key.
     aead: Aes256Gcm,
+    /// Keyed hashing of tenant keys, with a key derived from the same secret.
+    hasher: KeyHasher,
+}
+
+/// Hashes tenant keys for storage: HMAC-SHA-256 under a server secret, so a copy of
+/// the database alone cannot be used to test guesses. Stored as `h1:<hex>`; keys
+/// stored before (plain SHA-256 hex) still verify and are re-hashed on first use.
+#[derive(Clone)]
+pub struct KeyHasher {
+    /// The HMAC key.
+    key: [u8; 32],
+}
+
+impl fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHasher(***)")
+    }
+}
+
+/// HMAC-SHA-256 (RFC 2104) for keys of at most one block.
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for (i, b) in key.iter().take(64).enumerate() {
+        ipad[i] ^= b;
+        opad[i] ^= b;
+    }
+    let inner = Sha256::new()
+        .chain_update(ipad)
+        .chain_update(msg)
+        .finalize();
+    Sha256::new()
+        .chain_update(opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// Prefix of keyed key hashes.
+pub const KEYED_HASH_PREFIX: &str = "h1:";
+
+impl KeyHasher {
+    /// A hasher whose key is derived from `secret` (the encryption key's bytes).
+    pub fn derive(secret: &[u8]) -> Self {
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(b"relay/tenant-key-hash/v1")
+            .chain_update(secret)
+            .finalize()
+            .into();
+        Self { key }
+    }
+
+    /// The stored form of a tenant key.
+    pub fn hash(&self, key: &str) -> String {
+        format!(
+            "{KEYED_HASH_PREFIX}{}",
+            hex::encode(hmac_sha256(&self.key, key.as_bytes()))
+        )
+    }
 }
 
 impl fmt::Debug for Cipher {
@@ -75,7 +134,15 @@ impl Cipher {
     pub fn from_hex(hex_key: &str) -> Result<Self, CryptoError> {
         let bytes = hex::decode(hex_key.trim()).map_err(|_| CryptoError::BadKey)?;
         let aead = Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
-        Ok(Self { aead })
+        Ok(Self {
+            aead,
+            hasher: KeyHasher::derive(&bytes),
+        })
+    }
+
+    /// The keyed hasher for tenant keys.
+    pub fn key_hasher(&self) -> KeyHasher {
+        self.hasher.clone()
     }
 
     /// Uses `configured` if given, else the key file in `data_dir`, generating it once.
@@ -160,8 +227,9 @@ pub fn generate_key() -> Secret {
     Secret(format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)))
 }
 
-/// The stored form of a tenant key: lowercase hex SHA-256.
-pub fn hash_key(key: &str) -> String {
+/// The form tenant keys were stored in before keyed hashing: lowercase hex SHA-256.
+/// Only read, to verify and re-hash such keys.
+pub fn legacy_hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
@@ -202,10 +270,24 @@ mod tests {
     }
 
     #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let a = KeyHasher::derive(&[1; 32]);
+        let b = KeyHasher::derive(&[2; 32]);
+        assert!(a.hash("sk-relay-x").starts_with(KEYED_HASH_PREFIX));
+        assert_ne!(a.hash("sk-relay-x"), b.hash("sk-relay-x"));
+        assert_eq!(a.hash("sk-relay-x"), a.hash("sk-relay-x"));
+    }
+
+    #[test]
     fn secrets_do_not_debug_print() {
         assert_eq!(format!("{:?}", Secret::new("sk-1")), "Secret(***)");
         let k = generate_key();
         assert!(k.expose().starts_with(KEY_PREFIX));
-        assert_eq!(hash_key(k.expose()).len(), 64);
+        assert_eq!(legacy_hash_key(k.expose()).len(), 64);
     }
 }

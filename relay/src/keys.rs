@@ -6,7 +6,9 @@
 //! a key revoked or disabled through any relay, or whose owner is disabled, is refused
 //! by every relay sharing the database within a second, without a query per request.
 
-use crate::crypto::{generate_key, hash_key, key_last4 as last4, key_prefix, Secret};
+use crate::crypto::{
+    generate_key, key_last4 as last4, key_prefix, legacy_hash_key, KeyHasher, Secret,
+};
 use chrono::{DateTime, TimeZone, Utc};
 use schema::{ApiKeyId, TenantId};
 use sqlx::{AnyPool, Row};
@@ -156,6 +158,8 @@ type LookupCache = HashMap<String, (Option<Arc<ApiKey>>, Instant)>;
 pub struct KeyStore {
     /// The database.
     db: AnyPool,
+    /// Keyed hashing of presented keys.
+    hasher: KeyHasher,
     /// key hash → (key or "unknown", when fetched).
     cache: Arc<RwLock<LookupCache>>,
 }
@@ -216,9 +220,10 @@ const COLUMNS: &str = "k.id, k.name, k.tenant, k.key_prefix, k.group_name, k.ena
 
 impl KeyStore {
     /// A store over the given database.
-    pub fn new(db: AnyPool) -> Self {
+    pub fn new(db: AnyPool, hasher: KeyHasher) -> Self {
         Self {
             db,
+            hasher,
             cache: Arc::default(),
         }
     }
@@ -252,7 +257,7 @@ impl KeyStore {
         .bind(key.id.as_str())
         .bind(&key.name)
         .bind(key.tenant.as_str())
-        .bind(hash_key(secret.expose()))
+        .bind(self.hasher.hash(secret.expose()))
         .bind(&key.prefix)
         .bind(key.group.clone())
         .bind(key.expires_at.map(|t| t.timestamp_millis()))
@@ -405,7 +410,10 @@ impl KeyStore {
         if presented.is_empty() {
             return Err(AuthError::Missing);
         }
-        let hash = hash_key(presented);
+        if presented.len() > 512 {
+            return Err(AuthError::Unknown);
+        }
+        let hash = self.hasher.hash(presented);
         let cached = self
             .cache
             .read()
@@ -415,7 +423,10 @@ impl KeyStore {
         let key = match cached {
             Some((key, _)) => key,
             None => {
-                let key = self.fetch_by_hash(&hash).await?;
+                let mut key = self.fetch_by_hash(&hash).await?;
+                if key.is_none() {
+                    key = self.migrate_legacy(presented, &hash).await?;
+                }
                 if let Ok(mut c) = self.cache.write() {
                     // Bound the cache so a flood of random keys cannot grow it forever.
                     if c.len() > 100_000 {
@@ -437,6 +448,28 @@ impl KeyStore {
             return Err(AuthError::Expired);
         }
         Ok(key)
+    }
+
+    /// A key stored under its plain SHA-256 (before keyed hashing): verified, then
+    /// re-stored under the keyed hash.
+    async fn migrate_legacy(
+        &self,
+        presented: &str,
+        keyed: &str,
+    ) -> Result<Option<Arc<ApiKey>>, AuthError> {
+        let legacy = legacy_hash_key(presented);
+        let Some(key) = self.fetch_by_hash(&legacy).await? else {
+            return Ok(None);
+        };
+        let moved = sqlx::query("UPDATE api_keys SET key_hash = $1 WHERE key_hash = $2")
+            .bind(keyed)
+            .bind(&legacy)
+            .execute(&self.db)
+            .await;
+        if let Err(e) = moved {
+            tracing::warn!(error = %e, "could not re-hash a legacy key; it keeps working");
+        }
+        Ok(Some(key))
     }
 
     async fn fetch_by_hash(&self, hash: &str) -> Result<Option<Arc<ApiKey>>, AuthError> {

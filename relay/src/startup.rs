@@ -94,6 +94,7 @@ pub async fn build_state(
     )
     .await
     .context("cannot start the event publisher")?;
+    let hasher = cipher.key_hasher();
     let accounts = AccountStore::new(db.clone(), cipher);
     let jwt = JwtKeys::load_or_create(
         config.jwt_secret.as_deref(),
@@ -101,7 +102,7 @@ pub async fn build_state(
         &common.data_dir,
         config.jwt_lifetime().map_err(anyhow::Error::msg)?,
     )?;
-    let keys = KeyStore::new(db.clone());
+    let keys = KeyStore::new(db.clone(), hasher);
     let services = Services::new(
         db.clone(),
         keys.clone(),

@@ -68,7 +68,7 @@ impl Context {
         let cipher = startup::cipher(&self.common)?;
         Ok(Services::new(
             self.db.clone(),
-            KeyStore::new(self.db.clone()),
+            KeyStore::new(self.db.clone(), cipher.key_hasher()),
             AccountStore::new(self.db.clone(), cipher),
             None,
             self.publisher.clone(),

@@ -201,3 +201,44 @@ async fn bodies_above_framework_defaults_are_accepted() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn keys_hashed_before_keyed_hashing_still_work_and_are_rehashed_on_first_use() {
+    use sqlx::Row;
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[]).await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    let old = "sk-relay-legacy-key-stored-as-plain-sha256-0123456789";
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, tenant, key_hash, key_prefix, enabled, created_at_ms) \
+         VALUES ('key_legacy', 'legacy', 'tenant_a', $1, 'sk-relay-leg', 1, 0)",
+    )
+    .bind(relay::crypto::legacy_hash_key(old))
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let r = app.messages_as(old, &body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let stored: String = sqlx::query("SELECT key_hash FROM api_keys WHERE id = 'key_legacy'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+        .get("key_hash");
+    assert!(
+        stored.starts_with(relay::crypto::KEYED_HASH_PREFIX),
+        "{stored}"
+    );
+    assert_ne!(stored, relay::crypto::legacy_hash_key(old));
+    // Every stored hash is keyed: none is the key's plain SHA-256.
+    let plain = relay::crypto::legacy_hash_key(&app.key);
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE key_hash = $1")
+        .bind(plain)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(n, 0);
+    // And it keeps working after the move.
+    let r = app.messages_as(old, &body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
