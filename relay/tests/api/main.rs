@@ -14,6 +14,7 @@ mod clients;
 mod edge;
 mod failover;
 mod forwarding;
+mod fuzz;
 mod limits;
 mod oauth;
 mod operator_hygiene;
