@@ -52,6 +52,16 @@ impl Endpoint {
     }
 }
 
+/// At most `max` characters of a string that came from a client or from upstream, so
+/// that no event carries an unbounded field (and none exceeds the log's payload limit).
+pub fn bounded(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn bounded_opt(s: Option<&str>, max: usize) -> Option<String> {
+    s.map(|s| bounded(s, max))
+}
+
 /// The relay's request id on every response.
 pub const RELAY_REQUEST_ID: &str = "x-relay-request-id";
 
@@ -210,10 +220,7 @@ impl RequestCtx {
         let ev = UsageRecorded {
             account: account.clone(),
             attempt,
-            model: model
-                .or(self.model.as_deref())
-                .unwrap_or("unknown")
-                .to_owned(),
+            model: bounded(model.or(self.model.as_deref()).unwrap_or("unknown"), 256),
             status,
             stream,
             input_tokens: t.input,
@@ -225,9 +232,9 @@ impl RequestCtx {
                 web_search_requests: t.web_search_requests,
                 web_fetch_requests: t.web_fetch_requests,
             },
-            service_tier: usage.service_tier.clone(),
-            speed: usage.speed.clone(),
-            inference_geo: usage.inference_geo.clone(),
+            service_tier: bounded_opt(usage.service_tier.as_deref(), 64),
+            speed: bounded_opt(usage.speed.as_deref(), 64),
+            inference_geo: bounded_opt(usage.inference_geo.as_deref(), 64),
             completeness,
         };
         if self.limited() {
@@ -274,8 +281,8 @@ impl RequestCtx {
             upstream_us: (self.attempts > 0).then_some(self.upstream_us),
             attempts: self.attempts,
             routing: f.routing,
-            error_type: f.error_type,
-            upstream_request_id: f.upstream_request_id,
+            error_type: bounded_opt(f.error_type.as_deref(), 128),
+            upstream_request_id: bounded_opt(f.upstream_request_id.as_deref(), 128),
             rejected_by,
         };
         self.publish(Event::RequestFinished(ev), account);
@@ -297,5 +304,17 @@ impl RequestCtx {
     /// Adds upstream time.
     pub fn add_upstream(&mut self, d: Duration) {
         self.upstream_us = self.upstream_us.saturating_add(micros(d));
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn fields_from_outside_are_bounded_by_characters() {
+        assert_eq!(bounded(&"é".repeat(1_000_000), 256).chars().count(), 256);
+        assert_eq!(bounded("short", 256), "short");
+        assert_eq!(bounded_opt(None, 5), None);
     }
 }

@@ -315,19 +315,24 @@ fn evidence(status: u16, headers: &HeaderMap, error: Option<&(String, String)>) 
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
     });
+    // Bounded: at most 64 headers of at most 64 + 256 characters reach the event.
     let unified = headers
         .iter()
         .filter_map(|(k, v)| {
             let name = k.as_str().strip_prefix("anthropic-ratelimit-unified-")?;
-            Some((name.to_owned(), v.to_str().ok()?.to_owned()))
+            Some((
+                crate::proxy::context::bounded(name, 64),
+                crate::proxy::context::bounded(v.to_str().ok()?, 256),
+            ))
         })
+        .take(64)
         .collect();
     HealthEvidence {
         status: Some(status),
         retry_after_s: retry_after
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| s.ceil() as u64),
-        error_type: error.map(|e| e.0.clone()),
+        error_type: error.map(|e| crate::proxy::context::bounded(&e.0, 128)),
         message: error.map(|e| e.1.chars().take(MAX_EVIDENCE_MESSAGE).collect()),
         unified,
     }
