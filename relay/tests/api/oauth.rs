@@ -232,3 +232,37 @@ async fn two_relays_on_one_database_refresh_an_account_once() {
     b.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn an_expired_login_is_refused_and_stores_nothing() {
+    let mock = MockUpstream::start().await;
+    let flags = oauth_flags(&mock);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    let (_, started) = app.api("POST", "/oauth/auth-url", Some(&admin), None).await;
+    let state = started["state"].as_str().unwrap().to_owned();
+    let url = started["auth_url"].as_str().unwrap().to_owned();
+    mock.register_oauth_code("late-code", &param(&url, "code_challenge"));
+    // The login's time runs out.
+    sqlx::query("UPDATE oauth_pending SET expires_at_ms = 1 WHERE state = $1")
+        .bind(&state)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let (status, r) = app
+        .api(
+            "POST",
+            "/oauth/token",
+            Some(&admin),
+            Some(
+                json!({"authorization_code": format!("late-code#{state}"), "account_name": "late"}),
+            ),
+        )
+        .await;
+    assert_eq!((status, r["code"].as_u64()), (400, Some(40001)), "{r}");
+    assert!(r["error"].as_str().unwrap().contains("expired"), "{r}");
+    assert_eq!(token_calls(&mock), 0, "the code was exchanged anyway");
+    let (_, listed) = app.api("GET", "/oauth/accounts", Some(&admin), None).await;
+    assert!(listed.as_array().unwrap().is_empty());
+}
