@@ -556,3 +556,56 @@ async fn two_relays_share_a_budget_and_a_concurrency_cap() {
     b.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_limit_changed_on_one_relay_holds_on_the_other_within_a_second() {
+    let db = PgDb::new().await;
+    let mock = MockUpstream::start().await;
+    let secret = "s".repeat(40);
+    let flags = ["--jwt-secret", secret.as_str()];
+    let a = spawn_app_on(Some(db.url.clone()), &flags).await;
+    let b = spawn_app_on(Some(db.url.clone()), &flags).await;
+    let (admin, id, key) = limited(&a, &mock, json!({"rpm": 1000})).await;
+    relay::proxy::reload_accounts(&b.state).await.unwrap();
+    assert_eq!(
+        b.messages_as(&key, &body(false))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (status, _) = a
+        .api(
+            "PATCH",
+            &format!("/api/v1/api-keys/{id}"),
+            Some(&admin),
+            Some(json!({"allowed_models": ["claude-haiku-*"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let changed = std::time::Instant::now();
+    loop {
+        let s = b
+            .messages_as(&key, &body(false))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if s == 403 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(10),
+            "relay B never applied the change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = changed.elapsed();
+    eprintln!("a limit change reached the other relay after {took:?}");
+    // The key cache's lifetime bounds it: under a second plus one lookup.
+    assert!(relay::keys::CACHE_TTL < Duration::from_secs(1));
+    a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
