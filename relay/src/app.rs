@@ -1,14 +1,12 @@
-//! Shared application state handed to every handler.
+//! Shared application state handed to every handler. `app` is imported by `startup`,
+//! `server`, `background` and the admin-side modules; the proxy sees only
+//! [`ProxyDeps`], which the state hands out through axum's `FromRef`.
 
-use crate::accounts::AccountStore;
-use crate::config::{CommonConfig, ServeConfig};
-use crate::keys::KeyStore;
-use ingest::publisher::Publisher;
-use ingest::EventLog;
+use crate::config::CommonConfig;
+use crate::proxy::ProxyDeps;
+use axum::extract::FromRef;
 use sqlx::AnyPool;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Cheap to clone; everything lives behind one `Arc`.
 #[derive(Clone)]
@@ -21,32 +19,28 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The state itself.
+/// The state itself. Fields the proxy shares (keys, accounts, publisher, log, pool,
+/// limiter, …) live in [`ProxyDeps`] and are reached through `Deref`.
 pub struct AppInner {
     /// Shared settings.
     pub common: CommonConfig,
-    /// `serve` settings.
-    pub config: ServeConfig,
     /// Configuration and read-model database.
     pub db: AnyPool,
-    /// The event log (embedded or JetStream).
-    pub log: Arc<dyn EventLog>,
-    /// Where the request path sends events; never waited on.
-    pub publisher: Publisher,
-    /// Tenant keys.
-    pub keys: KeyStore,
-    /// Upstream account configuration.
-    pub accounts: AccountStore,
-    /// Cancelled when the process shuts down.
-    pub shutdown: CancellationToken,
-    /// Background tasks that must finish before exit.
-    pub tracker: TaskTracker,
-    /// The proxy: account pool, upstream clients, metrics.
-    pub proxy: Arc<crate::proxy::ProxyState>,
-    /// Tenant limits on the proxy path.
-    pub limiter: Arc<crate::limits::engine::Limiter>,
-    /// OAuth token refresh, single-flight across relays.
-    pub refresher: Arc<crate::token_refresh::TokenRefresher>,
+    /// What the proxy uses.
+    pub deps: ProxyDeps,
     /// Admin use cases (users, keys, accounts, groups, reads).
     pub services: crate::services::Services,
+}
+
+impl std::ops::Deref for AppInner {
+    type Target = ProxyDeps;
+    fn deref(&self) -> &ProxyDeps {
+        &self.deps
+    }
+}
+
+impl FromRef<AppState> for ProxyDeps {
+    fn from_ref(state: &AppState) -> ProxyDeps {
+        state.deps.clone()
+    }
 }

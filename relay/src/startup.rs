@@ -152,20 +152,23 @@ pub async fn build_state(
             .await
             .context("cannot load the upstream accounts")?,
     );
-    Ok(AppState(Arc::new(AppInner {
-        keys,
-        services,
-        refresher,
-        limiter,
-        accounts,
-        proxy,
-        common,
+    let deps = crate::proxy::ProxyDeps(Arc::new(crate::proxy::ProxyDepsInner {
         config,
-        db,
         log,
         publisher,
+        keys,
+        accounts,
         shutdown,
         tracker,
+        proxy,
+        limiter,
+        refresher,
+    }));
+    Ok(AppState(Arc::new(AppInner {
+        common,
+        db,
+        deps,
+        services,
     })))
 }
 
@@ -191,9 +194,10 @@ async fn bootstrap_admin(
                 let _ = std::fs::remove_file(&path);
                 crate::crypto::write_private(&path, &format!("{password}\n"))
                     .with_context(|| format!("cannot write {}", path.display()))?;
+                // On stdout, once: not in the log stream (stderr), which may be shipped.
                 use std::io::Write as _;
                 let _ = writeln!(
-                    std::io::stderr().lock(),
+                    std::io::stdout().lock(),
                     "created admin user {:?} with password {password} (also in {}); change it after logging in",
                     user.username,
                     path.display()
@@ -256,7 +260,7 @@ pub async fn run_with_state(listener: TcpListener, state: AppState) -> anyhow::R
         };
         tracker.spawn(crate::server::run(
             metrics,
-            crate::proxy::metrics_router(state.clone()),
+            crate::proxy::metrics_router(state.deps.clone()),
             shutdown.clone(),
             opts,
         ));

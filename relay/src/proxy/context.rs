@@ -1,7 +1,7 @@
 //! Per-request bookkeeping and the events a request produces: one `request.finished`
 //! per request, one `usage.recorded` per upstream attempt that reached upstream.
 
-use crate::app::AppState;
+use super::ProxyDeps;
 use crate::error::ApiError;
 use crate::keys::ApiKey;
 use crate::usage_tap::Usage;
@@ -96,7 +96,7 @@ pub struct Finished {
 /// then the response body).
 pub struct RequestCtx {
     /// Shared state.
-    pub state: AppState,
+    pub state: ProxyDeps,
     /// The relay's request id.
     pub request_id: String,
     /// The client's key.
@@ -131,7 +131,7 @@ fn micros(d: Duration) -> u64 {
 impl RequestCtx {
     /// A context for an admitted request.
     pub fn new(
-        state: AppState,
+        state: ProxyDeps,
         request_id: String,
         key: Arc<ApiKey>,
         endpoint: Endpoint,

@@ -11,12 +11,12 @@
 
 pub mod body;
 pub mod context;
+pub mod deps;
 pub mod forward;
 pub mod headers;
 pub mod request;
 pub mod tasks;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pool::health::Cooldowns;
@@ -29,6 +29,7 @@ use axum::routing::{get, head, post};
 use axum::Router;
 use chrono::Utc;
 use context::{Endpoint, RequestCtx};
+pub use deps::{ProxyDeps, ProxyDepsInner};
 use ingest::publisher::Publisher;
 use schema::{AuthFailed, Envelope, Event};
 use std::collections::{HashSet, VecDeque};
@@ -135,14 +136,18 @@ impl ProxyState {
 }
 
 /// Reloads the pool's accounts from the database.
-pub async fn reload_accounts(state: &AppState) -> Result<(), crate::accounts::AccountStoreError> {
+pub async fn reload_accounts(state: &ProxyDeps) -> Result<(), crate::accounts::AccountStoreError> {
     let accounts = state.accounts.list().await?;
     state.proxy.pool.reload(accounts);
     Ok(())
 }
 
 /// The proxy routes (merged into the server's router).
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    ProxyDeps: axum::extract::FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     let mut r = Router::new()
         // Claude Code 2.1.112 probes `HEAD {base}`, which is `/api` for a prefixed base.
         .route("/api", head(hello))
@@ -171,19 +176,19 @@ pub async fn hello() -> StatusCode {
     StatusCode::OK
 }
 
-async fn messages(State(state): State<AppState>, req: Request) -> Response {
+async fn messages(State(state): State<ProxyDeps>, req: Request) -> Response {
     handle(state, Endpoint::Messages, req).await
 }
 
-async fn count_tokens(State(state): State<AppState>, req: Request) -> Response {
+async fn count_tokens(State(state): State<ProxyDeps>, req: Request) -> Response {
     handle(state, Endpoint::CountTokens, req).await
 }
 
-async fn models(State(state): State<AppState>, req: Request) -> Response {
+async fn models(State(state): State<ProxyDeps>, req: Request) -> Response {
     handle(state, Endpoint::Models, req).await
 }
 
-async fn model(State(state): State<AppState>, req: Request) -> Response {
+async fn model(State(state): State<ProxyDeps>, req: Request) -> Response {
     handle(state, Endpoint::Model, req).await
 }
 
@@ -191,7 +196,7 @@ async fn model(State(state): State<AppState>, req: Request) -> Response {
 /// `GET /metrics` on the main listener: only with `Authorization: Bearer
 /// <METRICS_TOKEN>` (it names every account); without a configured token, not at all
 /// (serve it on `METRICS_ADDR` instead).
-async fn metrics_guarded(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+async fn metrics_guarded(State(state): State<ProxyDeps>, headers: http::HeaderMap) -> Response {
     let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -217,14 +222,14 @@ async fn metrics_guarded(State(state): State<AppState>, headers: http::HeaderMap
 }
 
 /// The metrics router for `METRICS_ADDR`, a separate listener that needs no token.
-pub fn metrics_router(state: AppState) -> axum::Router {
+pub fn metrics_router(state: ProxyDeps) -> axum::Router {
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 /// `GET /metrics`: Prometheus text.
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<ProxyDeps>) -> Response {
     use std::fmt::Write as _;
     let mut extra = String::new();
     let stats = state.publisher.stats();
@@ -279,7 +284,7 @@ fn new_request_id() -> String {
 /// Every proxied request: authenticate, admit, validate, then forward in a task of
 /// its own so that a client leaving early cannot cancel the upstream exchange (its
 /// usage is still recorded).
-async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
+async fn handle(state: ProxyDeps, endpoint: Endpoint, req: Request) -> Response {
     let started = Instant::now();
     let request_id = new_request_id();
     let (parts, body) = req.into_parts();
@@ -452,7 +457,12 @@ async fn handle(state: AppState, endpoint: Endpoint, req: Request) -> Response {
     }
 
     let tracker = state.tracker.clone();
-    let task = tracker.spawn(forward::forward(ctx, parts, body_bytes));
+    // Everything the request logs from here on carries its id (LOG_FORMAT=json too).
+    let span = tracing::info_span!("request", request_id = %ctx.request_id);
+    let task = tracker.spawn(tracing::Instrument::instrument(
+        forward::forward(ctx, parts, body_bytes),
+        span,
+    ));
     match task.await {
         Ok(mut resp) => {
             if let Some(values) = limit_headers {
@@ -495,7 +505,7 @@ fn limit_header_values(
 
 /// Reads the body under the size limit, refusing non-JSON content types first.
 async fn read_body(
-    state: &AppState,
+    state: &ProxyDeps,
     headers: &http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<bytes::Bytes, ApiError> {

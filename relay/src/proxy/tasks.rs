@@ -2,7 +2,7 @@
 //! and the fold of `account.health_changed` events read back from the log so that
 //! several relays sharing a log agree on account health.
 
-use crate::app::AppState;
+use super::ProxyDeps;
 use chrono::Utc;
 use futures::StreamExt;
 use schema::{AdminVerb, Category, Event};
@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// Starts the proxy's background tasks on the state's tracker.
-pub fn spawn(state: &AppState) {
+pub fn spawn(state: &ProxyDeps) {
     let wake = Arc::new(Notify::new());
     state
         .tracker
@@ -23,7 +23,7 @@ pub fn spawn(state: &AppState) {
     state.tracker.spawn(watch_admin(state.clone(), wake));
 }
 
-async fn reload_loop(state: AppState, wake: Arc<Notify>) {
+async fn reload_loop(state: ProxyDeps, wake: Arc<Notify>) {
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -39,7 +39,7 @@ async fn reload_loop(state: AppState, wake: Arc<Notify>) {
 
 /// Reads every account health event from the start of the log (they are rare) and
 /// adopts those this process did not publish itself.
-async fn fold_health(state: AppState) {
+async fn fold_health(state: ProxyDeps) {
     let mut backoff = Duration::from_millis(500);
     let mut after = 0;
     loop {
@@ -96,7 +96,7 @@ fn reloads_accounts(verb: AdminVerb) -> bool {
 
 /// Reloads accounts as soon as an administrative change to accounts is logged.
 /// Resubscribes after errors from the last position seen.
-async fn watch_admin(state: AppState, wake: Arc<Notify>) {
+async fn watch_admin(state: ProxyDeps, wake: Arc<Notify>) {
     let mut after = state
         .proxy
         .accounts_as_of
