@@ -58,6 +58,11 @@ pub enum LogError {
     /// The event could not be encoded.
     #[error("cannot encode event: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The log refuses this event for good (too large, invalid): retrying cannot help.
+    /// The publisher moves such an event to its quarantine instead of letting it block
+    /// the events behind it.
+    #[error("event refused by the log: {0}")]
+    Rejected(String),
     /// Any other backend failure.
     #[error("event log backend error: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),

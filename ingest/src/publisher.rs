@@ -148,6 +148,8 @@ pub struct PublisherStats {
     pub append_errors_total: u64,
     /// Failed spool reads or writes.
     pub spool_errors_total: u64,
+    /// Events the log refused for good, kept aside in the spool file's quarantine.
+    pub quarantine_events: u64,
 }
 
 /// Handle to the publishing task. Cheap to clone.
@@ -180,6 +182,7 @@ struct Counters {
     spooled: AtomicU64,
     append_errors: AtomicU64,
     spool_errors: AtomicU64,
+    quarantined: AtomicU64,
 }
 
 struct Shared {
@@ -333,6 +336,7 @@ impl Publisher {
             spooled_total: c.spooled.load(Ordering::SeqCst),
             append_errors_total: c.append_errors.load(Ordering::SeqCst),
             spool_errors_total: c.spool_errors.load(Ordering::SeqCst),
+            quarantine_events: c.quarantined.load(Ordering::SeqCst),
         }
     }
 
@@ -505,6 +509,7 @@ impl Worker {
         let batch = std::mem::take(&mut self.pending);
         let n = len_u64(batch.len());
         let c = &self.shared.counters;
+        let mut batch = batch;
         if self.spool_events() == 0 {
             match self.append(&batch).await {
                 Ok(()) => {
@@ -514,9 +519,26 @@ impl Worker {
                     self.shared.progress.send_replace(());
                     return;
                 }
+                Err(LogError::Rejected(reason)) => {
+                    // One event is poison: append them one by one, set the refused
+                    // ones aside, and let the rest go on as usual.
+                    let (rest, done) = self.isolate(batch, &reason).await;
+                    self.shared
+                        .counters
+                        .queue_depth
+                        .fetch_sub(len_u64(done), Ordering::SeqCst);
+                    if rest.is_empty() {
+                        self.stuck = false;
+                        self.recovered();
+                        self.shared.progress.send_replace(());
+                        return;
+                    }
+                    batch = rest;
+                }
                 Err(e) => self.append_failed(batch.len(), &e),
             }
         }
+        let n = len_u64(batch.len());
         match self.spool.insert(&batch).await {
             Ok(added) => {
                 let c = &self.shared.counters;
@@ -570,9 +592,19 @@ impl Worker {
             }
         }
         if !events.is_empty() {
-            if let Err(e) = self.append(&events).await {
-                self.append_failed(events.len(), &e);
-                return false;
+            match self.append(&events).await {
+                Ok(()) => {}
+                Err(LogError::Rejected(reason)) => {
+                    let (rest, _) = self.isolate(events, &reason).await;
+                    if !rest.is_empty() {
+                        // The rest could not be appended now: they stay spooled.
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.append_failed(events.len(), &e);
+                    return false;
+                }
             }
         }
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
@@ -589,6 +621,53 @@ impl Worker {
         self.recovered();
         self.shared.progress.send_replace(());
         true
+    }
+
+    /// Appends `events` one at a time after the log refused a batch: refused events go
+    /// to the quarantine (they never block the events behind them again), appended
+    /// ones are done. Returns the events that still wait (the log became unreachable)
+    /// and how many are done (appended or quarantined).
+    async fn isolate(
+        &mut self,
+        events: Vec<Envelope>,
+        first_reason: &str,
+    ) -> (Vec<Envelope>, usize) {
+        tracing::error!(events = events.len(), reason = %first_reason, "the event log refused a batch; isolating the refused event");
+        let mut done = 0;
+        let mut rest = Vec::new();
+        let mut unreachable = false;
+        for event in events {
+            if unreachable {
+                rest.push(event);
+                continue;
+            }
+            match self.append(std::slice::from_ref(&event)).await {
+                Ok(()) => done += 1,
+                Err(LogError::Rejected(reason)) => {
+                    match self.spool.quarantine(&event, &reason).await {
+                        Ok(()) => {
+                            tracing::error!(event_id = %event.id, event_type = event.event.type_name(), reason = %reason, "event quarantined: the log refuses it for good");
+                            self.shared
+                                .counters
+                                .quarantined
+                                .fetch_add(1, Ordering::SeqCst);
+                            done += 1;
+                        }
+                        Err(e) => {
+                            tracing::error!(event_id = %event.id, error = %e, "cannot quarantine a refused event; keeping it");
+                            unreachable = true;
+                            rest.push(event);
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.append_failed(1, &e);
+                    unreachable = true;
+                    rest.push(event);
+                }
+            }
+        }
+        (rest, done)
     }
 
     fn spool_failed(&mut self, e: &sqlx::Error) {
@@ -632,6 +711,11 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 CREATE TABLE IF NOT EXISTS spool_undecodable (
     id      TEXT PRIMARY KEY,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spool_quarantine (
+    id      TEXT PRIMARY KEY,
+    reason  TEXT NOT NULL,
     payload TEXT NOT NULL
 );
 ";
@@ -725,6 +809,29 @@ impl Spool {
     }
 
     /// Deletes acknowledged rows and moves undecodable ones aside, in one transaction.
+    /// Keeps an event the log refused for good, with the reason, for an operator.
+    async fn quarantine(&self, event: &Envelope, reason: &str) -> Result<(), sqlx::Error> {
+        let payload = event
+            .to_json()
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let payload = String::from_utf8(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO spool_quarantine (id, reason, payload) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(event.id.to_string())
+        .bind(reason.chars().take(500).collect::<String>())
+        .bind(payload)
+        .execute(&self.pool)
+        .await?;
+        // A quarantined spool row leaves the spool.
+        sqlx::query("DELETE FROM spool WHERE id = ?1")
+            .bind(event.id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn remove(&self, ids: &[&str], undecodable: &[String]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         for id in undecodable {

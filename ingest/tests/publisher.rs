@@ -411,3 +411,98 @@ async fn events_close_together_share_one_append_while_the_batch_lingers() {
         vec![1, 1]
     );
 }
+
+/// A log that refuses, for good, any event whose id is in `poison` (like JetStream
+/// refusing a message above its payload limit).
+struct PoisonLog {
+    inner: Arc<dyn EventLog>,
+    poison: std::collections::HashSet<Uuid>,
+}
+
+#[async_trait::async_trait]
+impl EventLog for PoisonLog {
+    async fn append(&self, event: &Envelope) -> Result<ingest::Appended, ingest::LogError> {
+        let mut out = self.append_batch(std::slice::from_ref(event)).await?;
+        out.pop()
+            .ok_or_else(|| ingest::LogError::Backend("no acknowledgement".into()))
+    }
+
+    async fn append_batch(
+        &self,
+        events: &[Envelope],
+    ) -> Result<Vec<ingest::Appended>, ingest::LogError> {
+        // Like a pipelined publish: the events before the poison one land.
+        let mut out = Vec::new();
+        for e in events {
+            if self.poison.contains(&e.id) {
+                return Err(ingest::LogError::Rejected("message too large".into()));
+            }
+            out.extend(self.inner.append_batch(std::slice::from_ref(e)).await?);
+        }
+        Ok(out)
+    }
+
+    async fn subscribe(
+        &self,
+        after: ingest::Position,
+        category: Option<schema::Category>,
+    ) -> Result<ingest::EventStream, ingest::LogError> {
+        self.inner.subscribe(after, category).await
+    }
+
+    async fn head(&self) -> Result<ingest::Position, ingest::LogError> {
+        self.inner.head().await
+    }
+
+    fn backend(&self) -> &'static str {
+        "poison"
+    }
+}
+
+#[tokio::test]
+async fn an_event_the_log_refuses_for_good_is_quarantined_and_blocks_nothing() {
+    let (dir, log) = testing::temp_sqlite_log().await;
+    let all = events(30);
+    let poison = all[10].id;
+    let poisoned = Arc::new(PoisonLog {
+        inner: Arc::new(log.clone()),
+        poison: [poison].into_iter().collect(),
+    });
+    let p = Running::start(poisoned, config(dir.path())).await;
+    for e in &all {
+        p.publisher.publish(e.clone());
+    }
+    p.idle().await;
+    // Every other event is in the log, in order; the poison one is set aside.
+    let mut expected = ids(&all);
+    expected.retain(|id| *id != poison);
+    assert_eq!(stored_ids(&log).await, expected);
+    let s = p.publisher.stats();
+    assert_eq!(
+        (s.quarantine_events, s.queue_depth, s.spool_events),
+        (1, 0, 0)
+    );
+    // Later events flow too.
+    let later = events(5);
+    for e in &later {
+        p.publisher.publish(e.clone());
+    }
+    p.idle().await;
+    assert_eq!(stored_ids(&log).await.len(), 34);
+    p.stop().await;
+    // The quarantine keeps the event, with the reason, for an operator.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("spool.db").display()
+    ))
+    .await
+    .unwrap();
+    let (id, reason): (String, String) = sqlx::query_as("SELECT id, reason FROM spool_quarantine")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (id, reason.as_str()),
+        (poison.to_string(), "message too large")
+    );
+}

@@ -225,6 +225,7 @@ fn publish_error(e: async_nats::jetstream::context::PublishError) -> LogError {
         | PublishErrorKind::BrokenPipe
         | PublishErrorKind::StreamNotFound
         | PublishErrorKind::MaxAckPending => LogError::Unavailable(format!("publish failed: {e}")),
+        PublishErrorKind::MaxPayloadExceeded => LogError::Rejected(format!("publish refused: {e}")),
         _ => LogError::Backend(Box::new(e)),
     }
 }

@@ -63,6 +63,7 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
             "queue_depth": stats.queue_depth,
             "spool_events": stats.spool_events,
             "spool_bytes": stats.spool_bytes,
+            "quarantine_events": stats.quarantine_events,
         },
         "accounts": {
             "total": snapshot.slots.len(),

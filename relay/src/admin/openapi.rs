@@ -274,6 +274,8 @@ pub struct StatusPublisher {
     pub spool_events: u64,
     /// Payload bytes in the spool.
     pub spool_bytes: u64,
+    /// Events the log refused for good, set aside in the spool file's quarantine.
+    pub quarantine_events: u64,
 }
 
 /// The account pool in the status.

@@ -238,8 +238,9 @@ async fn metrics(State(state): State<ProxyDeps>) -> Response {
         "# HELP relay_event_queue_depth Events waiting for the event log.\n# TYPE relay_event_queue_depth gauge\nrelay_event_queue_depth {}\n\
          # HELP relay_event_spool_events Events spooled locally while the log is unreachable.\n# TYPE relay_event_spool_events gauge\nrelay_event_spool_events {}\n\
          # HELP relay_event_spool_bytes Bytes in the local event spool.\n# TYPE relay_event_spool_bytes gauge\nrelay_event_spool_bytes {}\n\
-         # HELP relay_events_published_total Events acknowledged by the log.\n# TYPE relay_events_published_total counter\nrelay_events_published_total {}\n",
-        stats.queue_depth, stats.spool_events, stats.spool_bytes, stats.published_total
+         # HELP relay_events_published_total Events acknowledged by the log.\n# TYPE relay_events_published_total counter\nrelay_events_published_total {}\n\
+         # HELP relay_event_quarantine_events Events the log refused for good, set aside.\n# TYPE relay_event_quarantine_events gauge\nrelay_event_quarantine_events {}\n",
+        stats.queue_depth, stats.spool_events, stats.spool_bytes, stats.published_total, stats.quarantine_events
     );
     extra.push_str("# HELP relay_account_state Health state of each upstream account (1 = current).\n# TYPE relay_account_state gauge\n");
     let snapshot = state.proxy.pool.snapshot();
