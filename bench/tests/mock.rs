@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bench::mock::{
-    expected_usage, pkce_challenge, MockConfig, MockUpstream, RateLimitMode, Step,
+    expected_usage, pkce_challenge, MockConfig, MockUpstream, RateLimitMode, SseFraming, Step,
     CLAUDE_CODE_CLIENT_ID,
 };
 use bytes::Bytes;
@@ -270,6 +270,114 @@ async fn restated_usage_can_be_switched_on() {
     assert_eq!(
         delta["usage"]["input_tokens"].as_u64().unwrap(),
         expected_usage(&body).input_tokens
+    );
+}
+
+#[tokio::test]
+async fn framing_changes_the_wire_bytes_to_what_the_transcript_says() {
+    let mock = MockUpstream::start().await;
+    let body = simple(true);
+    let plain = mock.sse_transcript(&body);
+    mock.set_sse_framing(SseFraming::all());
+    let reply = post_messages(&mock, ("x-api-key", KEY_A), &body).await;
+    let shaped = mock.sse_transcript(&body);
+    assert_eq!(reply.body(), shaped.concat());
+    assert_ne!(shaped.concat(), plain.concat());
+    let text = String::from_utf8(reply.body()).unwrap();
+    assert!(text.starts_with(": ") && text.contains("\r\n"), "{text:?}");
+    assert!(
+        reply.frames.len() < shaped.len() * 3,
+        "several pieces share a chunk"
+    );
+    // The same events, once comments and CR are gone.
+    let lf = text.replace("\r\n", "\n");
+    let events: String = lf
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with(':'))
+        .collect::<String>()
+        .trim_start_matches('\n')
+        .to_owned();
+    assert_eq!(events.as_bytes(), plain.concat());
+}
+
+#[tokio::test]
+async fn a_web_search_request_is_answered_with_searches_and_their_usage() {
+    let mock = MockUpstream::start().await;
+    let body = json!({"model":"claude-sonnet-4-6","max_tokens":256,"stream":false,
+        "messages":[{"role":"user","content":"What happened today?"}],
+        "tools":[{"type":"web_search_20250305","name":"web_search","max_uses":3}]});
+    let r = post_messages(&mock, ("x-api-key", KEY_A), &body).await;
+    let v = r.json();
+    let u = expected_usage(&body);
+    assert_eq!(u.web_search_requests, 3);
+    assert_eq!(v["usage"]["server_tool_use"]["web_search_requests"], 3);
+    assert_eq!(v["usage"]["server_tool_use"]["web_fetch_requests"], 0);
+    assert_eq!(v["usage"]["input_tokens"].as_u64().unwrap(), u.input_tokens);
+    mock.set_service_tier("batch");
+    let r = post_messages(&mock, ("x-api-key", KEY_A), &body).await;
+    assert_eq!(r.json()["usage"]["service_tier"], "batch");
+}
+
+#[tokio::test]
+async fn a_429_carries_the_rejected_rate_limit_headers() {
+    let mock = MockUpstream::start().await;
+    let body = simple(false);
+    let before = chrono::Utc::now().timestamp();
+    mock.script(KEY_A, [Step::rate_limited(120)]);
+    let r = post_messages(&mock, ("x-api-key", KEY_A), &body).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.header("anthropic-ratelimit-requests-remaining"),
+        Some("0")
+    );
+    let reset = chrono::DateTime::parse_from_rfc3339(
+        r.header("anthropic-ratelimit-requests-reset").unwrap(),
+    )
+    .unwrap()
+    .timestamp();
+    assert!((before + 119..=before + 122).contains(&reset), "{reset}");
+    assert_eq!(r.header("retry-after"), Some("120"));
+    assert!(r.header("anthropic-ratelimit-unified-status").is_none());
+
+    // A subscription: the binding claim, its reset, its window rejected; others not.
+    mock.set_rate_limit_mode(KEY_B, RateLimitMode::Unified);
+    let reset = u64::try_from(before).unwrap() + 7_200;
+    mock.script(KEY_B, [Step::claim_rejected("seven_day", reset)]);
+    let r = post_messages(&mock, ("x-api-key", KEY_B), &body).await;
+    assert_eq!(r.status, 429);
+    let h = |name: &str| r.header(&format!("anthropic-ratelimit-unified-{name}"));
+    assert_eq!(h("status"), Some("rejected"));
+    assert_eq!(h("representative-claim"), Some("seven_day"));
+    assert_eq!(h("reset"), Some(reset.to_string().as_str()));
+    assert_eq!(h("7d-status"), Some("rejected"));
+    assert_eq!(h("7d-reset"), Some(reset.to_string().as_str()));
+    assert_eq!(h("5h-status"), Some("allowed"));
+    assert_ne!(h("5h-reset"), Some(reset.to_string().as_str()));
+    let retry: i64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((7_190..=7_200).contains(&retry), "{retry}");
+    // A plain 429 on a subscription: the five-hour claim, reset at retry-after.
+    mock.script(KEY_B, [Step::rate_limited(30)]);
+    let r = post_messages(&mock, ("x-api-key", KEY_B), &body).await;
+    let h = |name: &str| r.header(&format!("anthropic-ratelimit-unified-{name}"));
+    assert_eq!(h("status"), Some("rejected"));
+    assert_eq!(h("representative-claim"), Some("five_hour"));
+    let reset: i64 = h("reset").unwrap().parse().unwrap();
+    assert!((before + 29..=before + 32).contains(&reset), "{reset}");
+    // Switched off, a 429 carries the healthy family as before.
+    mock.set_realistic_rate_limits(false);
+    mock.script(KEY_B, [Step::rate_limited(30)]);
+    let r = post_messages(&mock, ("x-api-key", KEY_B), &body).await;
+    assert_eq!(
+        r.header("anthropic-ratelimit-unified-status"),
+        Some("allowed")
+    );
+    // Successes never carry the rejected state.
+    mock.set_realistic_rate_limits(true);
+    let ok = post_messages(&mock, ("x-api-key", KEY_A), &body).await;
+    assert_eq!(ok.status, 200);
+    assert_ne!(
+        ok.header("anthropic-ratelimit-requests-remaining"),
+        Some("0")
     );
 }
 

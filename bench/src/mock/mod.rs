@@ -41,9 +41,9 @@ use tokio::time::Instant;
 
 pub use body::{stamp_micros, unix_micros, DroppedOnPurpose, EventGate, Interrupt, MockBody};
 pub use oauth::{pkce_challenge, CLAUDE_CODE_CLIENT_ID};
-pub use render::{sse_transcript, ResponsePlan};
+pub use render::{sse_transcript, ResponsePlan, SseFraming};
 pub use script::Step;
-pub use usage::{expected_usage, prompt_tokens, MockUsage};
+pub use usage::{expected_usage, prompt_tokens, server_tool_uses, MockUsage, ServerTool};
 
 use body::EventStream;
 use render::Pace;
@@ -91,6 +91,16 @@ pub struct MockConfig {
     pub stamp_events: bool,
     /// Rate-limit header family (per-credential overrides at runtime).
     pub rate_limit_headers: RateLimitMode,
+    /// A 429 carries the family in its rejected state, as the API sends it: the
+    /// standard family with `requests-remaining: 0` and its reset at `retry-after`; the
+    /// unified family with `status: rejected`, the representative claim, and that
+    /// claim's window rejected with its reset at `retry-after` (a step's own headers win).
+    /// Off: every response carries the healthy family (toggle at runtime too).
+    pub realistic_rate_limits: bool,
+    /// How SSE bytes are framed (toggle at runtime too).
+    pub sse_framing: SseFraming,
+    /// `usage.service_tier` of every answer (toggle at runtime too).
+    pub service_tier: String,
     /// A beta name answered with the "Unexpected value(s)" 400.
     pub unknown_beta: Option<String>,
     /// `anthropic-organization-id` header value.
@@ -116,6 +126,9 @@ impl Default for MockConfig {
             restate_usage: false,
             stamp_events: false,
             rate_limit_headers: RateLimitMode::Auto,
+            realistic_rate_limits: true,
+            sse_framing: SseFraming::default(),
+            service_tier: "standard".to_owned(),
             unknown_beta: None,
             organization_id: "00000000-0000-4000-8000-00000000a11c".to_owned(),
             record_requests: true,
@@ -144,6 +157,8 @@ pub const FAST_USAGE: MockUsage = MockUsage {
     cache_read_input_tokens: 18000,
     cache_creation_5m: 600,
     cache_creation_1h: 0,
+    web_search_requests: 0,
+    web_fetch_requests: 0,
 };
 
 /// One request as the mock received it.
@@ -200,6 +215,9 @@ struct Cred {
 struct State {
     config: MockConfig,
     restate: AtomicBool,
+    realistic_429: AtomicBool,
+    framing: Mutex<SseFraming>,
+    service_tier: Mutex<String>,
     seq: AtomicU64,
     scripts: Mutex<HashMap<String, VecDeque<Step>>>,
     defaults: Mutex<HashMap<String, Step>>,
@@ -296,11 +314,17 @@ impl State {
             usage: FAST_USAGE,
             text_chunks: config.text_chunks.max(1),
             restate_usage: config.restate_usage,
+            server_tools: Vec::new(),
+            service_tier: config.service_tier.clone(),
+            framing: config.sse_framing,
         };
         let org_header = HeaderValue::from_str(&config.organization_id)
             .unwrap_or_else(|_| HeaderValue::from_static("mock-org"));
         State {
             restate: AtomicBool::new(config.restate_usage),
+            realistic_429: AtomicBool::new(config.realistic_rate_limits),
+            framing: Mutex::new(config.sse_framing),
+            service_tier: Mutex::new(config.service_tier.clone()),
             seq: AtomicU64::new(0),
             scripts: Mutex::new(HashMap::new()),
             defaults: Mutex::new(HashMap::new()),
@@ -340,11 +364,14 @@ impl State {
     }
 
     fn plan(&self, body: &Value) -> ResponsePlan {
-        ResponsePlan::for_request(
+        let mut plan = ResponsePlan::for_request(
             body,
             self.config.text_chunks,
             self.restate.load(Ordering::Relaxed),
-        )
+        );
+        plan.framing = *lock(&self.framing);
+        plan.service_tier.clone_from(&lock(&self.service_tier));
+        plan
     }
 }
 
@@ -453,6 +480,22 @@ impl MockUpstream {
         self.state.restate.store(on, Ordering::Relaxed);
     }
 
+    /// Turns the rejected rate-limit headers of 429s on or off
+    /// ([`MockConfig::realistic_rate_limits`]).
+    pub fn set_realistic_rate_limits(&self, on: bool) {
+        self.state.realistic_429.store(on, Ordering::Relaxed);
+    }
+
+    /// Frames the SSE bytes of streams started from now on this way.
+    pub fn set_sse_framing(&self, framing: SseFraming) {
+        *lock(&self.state.framing) = framing;
+    }
+
+    /// Answers from now on with this `usage.service_tier` (`standard`, `batch`, …).
+    pub fn set_service_tier(&self, tier: &str) {
+        *lock(&self.state.service_tier) = tier.to_owned();
+    }
+
     /// Every recorded request, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state.log).clone()
@@ -499,7 +542,9 @@ impl MockUpstream {
         self.state.plan(body)
     }
 
-    /// The exact SSE events this mock (with its current settings) sends for `body`.
+    /// The exact SSE body frames this mock (with its current settings) sends for `body`:
+    /// one per event unless [`SseFraming`] reshapes them; concatenated, the bytes on the
+    /// wire.
     pub fn sse_transcript(&self, body: &Value) -> Vec<Bytes> {
         render::sse_events(&self.state.plan(body))
             .into_iter()
@@ -617,6 +662,14 @@ impl State {
         for (k, v) in family {
             h.insert(k.clone(), v.clone());
         }
+        if status == StatusCode::TOO_MANY_REQUESTS
+            && mode != RateLimitMode::None
+            && self.realistic_429.load(Ordering::Relaxed)
+        {
+            for (k, v) in rejected_headers(mode, extra) {
+                h.insert(k, v);
+            }
+        }
         for (k, v) in extra {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
@@ -669,6 +722,73 @@ impl State {
             extra,
         )
     }
+}
+
+/// Seconds until a 429's limit resets: its `retry-after`, else a minute.
+fn rejection_secs(extra: &[(String, String)]) -> u64 {
+    extra
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(60)
+}
+
+/// The rate-limit family of a 429 in its rejected state, reset `retry-after` from now
+/// (see [`MockConfig::realistic_rate_limits`]); a step's own rate-limit headers replace
+/// this decoration.
+fn rejected_headers(
+    mode: RateLimitMode,
+    extra: &[(String, String)],
+) -> Vec<(HeaderName, HeaderValue)> {
+    let secs = rejection_secs(extra);
+    let now = chrono::Utc::now();
+    let reset_at = now + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(60));
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    if !extra
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+    {
+        pairs.push(("retry-after", secs.to_string()));
+    }
+    // A step that describes its rejection itself (e.g. [`Step::claim_rejected`]) keeps
+    // the other windows healthy.
+    let described = extra
+        .iter()
+        .any(|(k, _)| k.to_ascii_lowercase().starts_with("anthropic-ratelimit-"));
+    match mode {
+        _ if described => {}
+        RateLimitMode::Unified => {
+            let reset = reset_at.timestamp().to_string();
+            pairs.extend([
+                ("anthropic-ratelimit-unified-status", "rejected".to_owned()),
+                ("anthropic-ratelimit-unified-reset", reset.clone()),
+                (
+                    "anthropic-ratelimit-unified-representative-claim",
+                    "five_hour".to_owned(),
+                ),
+                (
+                    "anthropic-ratelimit-unified-5h-status",
+                    "rejected".to_owned(),
+                ),
+                (
+                    "anthropic-ratelimit-unified-5h-utilization",
+                    "1.0".to_owned(),
+                ),
+                ("anthropic-ratelimit-unified-5h-reset", reset),
+            ]);
+        }
+        RateLimitMode::Standard | RateLimitMode::Auto => {
+            pairs.extend([
+                ("anthropic-ratelimit-requests-remaining", "0".to_owned()),
+                (
+                    "anthropic-ratelimit-requests-reset",
+                    reset_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                ),
+            ]);
+        }
+        RateLimitMode::None => {}
+    }
+    header_pairs(&pairs)
 }
 
 /// Endpoints the mock serves.
@@ -1143,6 +1263,8 @@ async fn messages(
             Some(p) => render::sse_events(p).into(),
             None => state.fast_events.clone(),
         };
+        // A stamp opens a frame, so it would land inside an event split across frames.
+        let plain = plan.as_ref().is_none_or(|p| p.framing.is_plain());
         let body = MockBody::Events(Box::new(
             EventStream::new(
                 events,
@@ -1150,7 +1272,7 @@ async fn messages(
                 state.config.event_interval,
                 interrupt,
             )
-            .stamped(state.config.stamp_events)
+            .stamped(state.config.stamp_events && plain)
             .gated(state.gate.get().cloned()),
         ));
         let mut resp = state.respond(

@@ -7,13 +7,21 @@
 //! Content, in index order: a thinking block (when `thinking` is enabled/adaptive: two
 //! `thinking_delta`s then one `signature_delta`), a text block (`text_chunks`
 //! `text_delta`s), a tool_use block (when `tools` is non-empty: `input_json_delta`
-//! fragments starting with `""`, concatenating to `{"query": "mock"}`). One `ping` follows
-//! the first `content_block_start`.
+//! fragments starting with `""`, concatenating to `{"query": "mock"}`). Server tools
+//! (`web_search_*`, `web_fetch_*` in `tools`) come between thinking and text: per use a
+//! `server_tool_use` block and its result block; their usage (`server_tool_use` counts
+//! and the grown input) arrives restated in `message_delta`, as the API sends it. One
+//! `ping` follows the first `content_block_start`.
+//!
+//! [`SseFraming`] reshapes the bytes on the wire (CRLF, `:` comments, events split
+//! across frames, several events per frame) without changing what they mean.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
-use super::usage::{expected_usage, wants_thinking, wants_tool, MockUsage};
+use super::usage::{
+    expected_usage, server_tool_uses, wants_thinking, wants_tool, MockUsage, ServerTool,
+};
 
 /// Words the text block is made of, cycled for longer streams.
 const WORDS: [&str; 6] = ["Hello", " from", " the", " mock", " upstream", "."];
@@ -42,6 +50,45 @@ pub struct ResponsePlan {
     /// Restate input/cache counts in `message_delta` with the final values while
     /// `message_start` carries provisional (halved) ones.
     pub restate_usage: bool,
+    /// Server-tool uses, in order (each: a `server_tool_use` block and its result).
+    pub server_tools: Vec<ServerTool>,
+    /// `usage.service_tier` of the answer (`standard`, `priority`, `batch`).
+    pub service_tier: String,
+    /// How the SSE bytes are framed.
+    pub framing: SseFraming,
+}
+
+/// How the mock frames SSE bytes on the wire. All off (the default): one body frame
+/// per event, LF line ends, no comments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SseFraming {
+    /// CRLF line ends.
+    pub crlf: bool,
+    /// `:` comments: a comment block before `message_start`, and a comment line between
+    /// the `event:` and `data:` lines of `message_start` and `message_delta`.
+    pub comments: bool,
+    /// Every event split over three frames: inside the `event:` line, inside the `data:`
+    /// prefix, and before the last byte (between `\r` and `\n` with CRLF).
+    pub split: bool,
+    /// Three frames (events, or pieces of them) per body chunk.
+    pub coalesce: bool,
+}
+
+impl SseFraming {
+    /// Every reshaping at once.
+    pub fn all() -> SseFraming {
+        SseFraming {
+            crlf: true,
+            comments: true,
+            split: true,
+            coalesce: true,
+        }
+    }
+
+    /// Whether the bytes are reshaped at all.
+    pub fn is_plain(&self) -> bool {
+        *self == SseFraming::default()
+    }
 }
 
 /// FNV-1a, used only to derive stable ids from request bytes.
@@ -67,7 +114,39 @@ impl ResponsePlan {
             usage: expected_usage(body),
             text_chunks: text_chunks.max(1),
             restate_usage,
+            server_tools: server_tool_uses(body),
+            service_tier: "standard".to_owned(),
+            framing: SseFraming::default(),
         }
+    }
+
+    fn server_tool_id(&self, n: usize) -> String {
+        format!(
+            "srvtoolu_01Mock{}{n:02}",
+            &self.id[self.id.len().saturating_sub(10)..]
+        )
+    }
+
+    /// The `server_tool_use` block (with its full input) and the result block of use `n`.
+    fn server_tool_blocks(&self, n: usize, tool: ServerTool) -> (String, String) {
+        let id = quote(&self.server_tool_id(n));
+        let input = match tool {
+            ServerTool::WebSearch => "{\"query\":\"mock\"}",
+            ServerTool::WebFetch => "{\"url\":\"https://example.com/mock\"}",
+        };
+        let call = format!(
+            "{{\"type\":\"server_tool_use\",\"id\":{id},\"name\":\"{}\",\"input\":{input}}}",
+            tool.name()
+        );
+        let result = match tool {
+            ServerTool::WebSearch => format!(
+                "{{\"type\":\"web_search_tool_result\",\"tool_use_id\":{id},\"content\":[{{\"type\":\"web_search_result\",\"title\":\"Mock result\",\"url\":\"https://example.com/mock\",\"encrypted_content\":\"EqMockEncryptedContent\",\"page_age\":null}}]}}"
+            ),
+            ServerTool::WebFetch => format!(
+                "{{\"type\":\"web_fetch_tool_result\",\"tool_use_id\":{id},\"content\":{{\"type\":\"web_fetch_result\",\"url\":\"https://example.com/mock\",\"content\":{{\"type\":\"document\",\"source\":{{\"type\":\"text\",\"media_type\":\"text/plain\",\"data\":\"Mock page.\"}}}},\"retrieved_at\":\"2026-01-01T00:00:00Z\"}}}}"
+            ),
+        };
+        (call, result)
     }
 
     fn tool_id(&self) -> String {
@@ -107,6 +186,11 @@ pub fn message_json(plan: &ResponsePlan) -> Bytes {
             quote(THINKING_SIGNATURE)
         ));
     }
+    for (n, tool) in plan.server_tools.iter().enumerate() {
+        let (call, result) = plan.server_tool_blocks(n, *tool);
+        content.push(call);
+        content.push(result);
+    }
     content.push(format!(
         "{{\"type\":\"text\",\"text\":{}}}",
         quote(&plan.text())
@@ -124,7 +208,7 @@ pub fn message_json(plan: &ResponsePlan) -> Bytes {
         quote(&plan.model),
         content.join(","),
         plan.stop_reason(),
-        plan.usage.to_json()
+        plan.usage.to_json(&plan.service_tier)
     ))
 }
 
@@ -151,6 +235,14 @@ pub fn error_event(error_type: &str) -> Bytes {
     )
 }
 
+/// An `input_json_delta` carrying `part` of a tool input.
+fn input_json_delta(part: &str) -> String {
+    format!(
+        "{{\"type\":\"input_json_delta\",\"partial_json\":{}}}",
+        quote(part)
+    )
+}
+
 /// Which events of a transcript are paced (text deltas are; structure events are not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
@@ -174,12 +266,18 @@ pub fn sse_events(plan: &ResponsePlan) -> Vec<(Bytes, Pace)> {
         out.push((sse_event(name, &data), pace));
     };
 
+    // Before any server tool ran, the input lacks the tools' results.
+    let known = if plan.server_tools.is_empty() {
+        plan.usage
+    } else {
+        plan.usage.before_server_tools()
+    };
     let start_usage = if plan.restate_usage {
-        plan.usage.provisional()
+        known.provisional()
     } else {
         MockUsage {
             output_tokens: 1,
-            ..plan.usage
+            ..known
         }
     };
     push(
@@ -189,7 +287,7 @@ pub fn sse_events(plan: &ResponsePlan) -> Vec<(Bytes, Pace)> {
             "{{\"type\":\"message_start\",\"message\":{{\"id\":{},\"type\":\"message\",\"role\":\"assistant\",\"model\":{},\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{}}}}}",
             quote(&plan.id),
             quote(&plan.model),
-            start_usage.to_json()
+            start_usage.to_json(&plan.service_tier)
         ),
         false,
     );
@@ -252,6 +350,37 @@ pub fn sse_events(plan: &ResponsePlan) -> Vec<(Bytes, Pace)> {
         index += 1;
     }
 
+    for (n, tool) in plan.server_tools.iter().enumerate() {
+        let (_, result) = plan.server_tool_blocks(n, *tool);
+        block_start(
+            &mut out,
+            index,
+            format!(
+                "{{\"type\":\"server_tool_use\",\"id\":{},\"name\":\"{}\",\"input\":{{}}}}",
+                quote(&plan.server_tool_id(n)),
+                tool.name()
+            ),
+        );
+        let parts: [&str; 3] = match tool {
+            ServerTool::WebSearch => ["", "{\"query\"", ":\"mock\"}"],
+            ServerTool::WebFetch => ["", "{\"url\"", ":\"https://example.com/mock\"}"],
+        };
+        for part in parts {
+            push(
+                &mut out,
+                "content_block_delta",
+                delta(index, input_json_delta(part)),
+                true,
+            );
+        }
+        push(&mut out, "content_block_stop", stop(index), false);
+        index += 1;
+        // Result blocks arrive complete in their start event.
+        block_start(&mut out, index, result);
+        push(&mut out, "content_block_stop", stop(index), false);
+        index += 1;
+    }
+
     block_start(
         &mut out,
         index,
@@ -288,20 +417,22 @@ pub fn sse_events(plan: &ResponsePlan) -> Vec<(Bytes, Pace)> {
             push(
                 &mut out,
                 "content_block_delta",
-                delta(
-                    index,
-                    format!(
-                        "{{\"type\":\"input_json_delta\",\"partial_json\":{}}}",
-                        quote(part)
-                    ),
-                ),
+                delta(index, input_json_delta(part)),
                 true,
             );
         }
         push(&mut out, "content_block_stop", stop(index), false);
     }
 
-    let delta_usage = if plan.restate_usage {
+    let delta_usage = if !plan.server_tools.is_empty() {
+        // The API restates the grown input and reports the uses here.
+        format!(
+            "{{{},\"output_tokens\":{},{}}}",
+            plan.usage.input_json_members(),
+            plan.usage.output_tokens,
+            plan.usage.server_tool_json_member()
+        )
+    } else if plan.restate_usage {
         format!(
             "{{{},\"output_tokens\":{}}}",
             plan.usage.input_json_members(),
@@ -326,7 +457,79 @@ pub fn sse_events(plan: &ResponsePlan) -> Vec<(Bytes, Pace)> {
         "{\"type\":\"message_stop\"}".to_owned(),
         false,
     );
-    out
+    frame(out, plan.framing)
+}
+
+/// Reshapes events into body frames as [`SseFraming`] says. A frame takes the pace of
+/// the first paced event that starts in it.
+pub fn frame(events: Vec<(Bytes, Pace)>, f: SseFraming) -> Vec<(Bytes, Pace)> {
+    if f.is_plain() {
+        return events;
+    }
+    let mut pieces: Vec<(Bytes, Pace)> = Vec::with_capacity(events.len() * 3 + 1);
+    let line_end = if f.crlf { "\r\n" } else { "\n" };
+    if f.comments {
+        pieces.push((
+            Bytes::from(format!(": mock upstream comment{line_end}{line_end}")),
+            Pace::Immediate,
+        ));
+    }
+    for (event, pace) in events {
+        let mut text = String::from_utf8_lossy(&event).into_owned();
+        if f.comments
+            && (text.starts_with("event: message_start\n")
+                || text.starts_with("event: message_delta\n"))
+        {
+            if let Some(end) = text.find('\n') {
+                text.insert_str(end + 1, ": a comment inside the event\n");
+            }
+        }
+        if f.crlf {
+            text = text.replace('\n', "\r\n");
+        }
+        let bytes = Bytes::from(text);
+        if !f.split {
+            pieces.push((bytes, pace));
+            continue;
+        }
+        let mut cuts = vec![3, bytes.len().saturating_sub(1)];
+        if let Some(d) = memchr::memmem::find(&bytes, b"data:") {
+            cuts.push(d + 3);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut from = 0;
+        for cut in cuts.into_iter().filter(|c| *c > 0 && *c < bytes.len()) {
+            let first = from == 0;
+            pieces.push((
+                bytes.slice(from..cut),
+                if first { pace } else { Pace::Immediate },
+            ));
+            from = cut;
+        }
+        pieces.push((
+            bytes.slice(from..),
+            if from == 0 { pace } else { Pace::Immediate },
+        ));
+    }
+    if !f.coalesce {
+        return pieces;
+    }
+    pieces
+        .chunks(3)
+        .map(|group| {
+            let mut buf = BytesMut::new();
+            for (b, _) in group {
+                buf.extend_from_slice(b);
+            }
+            let pace = group
+                .iter()
+                .map(|(_, p)| *p)
+                .find(|p| *p != Pace::Immediate)
+                .unwrap_or(Pace::Immediate);
+            (buf.freeze(), pace)
+        })
+        .collect()
 }
 
 /// The exact SSE events (one `Bytes` per event, in order) the mock sends for a streaming
@@ -437,6 +640,131 @@ mod tests {
             v["usage"]["output_tokens"].as_u64().unwrap(),
             u.output_tokens
         );
+    }
+
+    /// The bytes with comments dropped and CRLF turned into LF.
+    fn unshaped(bytes: &[u8]) -> String {
+        let text = String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .replace("\r\n", "\n");
+        let kept: Vec<&str> = text
+            .split_inclusive('\n')
+            .filter(|l| !l.starts_with(':'))
+            .collect();
+        kept.concat().trim_start_matches('\n').to_owned()
+    }
+
+    #[test]
+    fn framing_reshapes_the_bytes_but_not_the_events() {
+        let body = json!({"model":"m","max_tokens":10,"stream":true,
+            "messages":[{"role":"user","content":"hi"}]});
+        let mut plan = ResponsePlan::for_request(&body, 6, true);
+        let plain: Vec<Bytes> = sse_events(&plan).into_iter().map(|(b, _)| b).collect();
+        for framing in [
+            SseFraming {
+                crlf: true,
+                ..Default::default()
+            },
+            SseFraming {
+                comments: true,
+                ..Default::default()
+            },
+            SseFraming {
+                split: true,
+                ..Default::default()
+            },
+            SseFraming {
+                coalesce: true,
+                ..Default::default()
+            },
+            SseFraming::all(),
+        ] {
+            plan.framing = framing;
+            let frames: Vec<(Bytes, Pace)> = sse_events(&plan);
+            let wire: Vec<u8> = frames.iter().flat_map(|(b, _)| b.to_vec()).collect();
+            assert_eq!(
+                unshaped(&wire),
+                String::from_utf8(plain.concat()).unwrap(),
+                "{framing:?}"
+            );
+            if framing.crlf {
+                assert!(!String::from_utf8_lossy(&wire)
+                    .replace("\r\n", "")
+                    .contains('\n'));
+            }
+            if framing.comments {
+                let text = String::from_utf8_lossy(&wire).into_owned();
+                assert!(text.starts_with(": "), "{text}");
+                assert!(
+                    text.contains("event: message_delta\n: ")
+                        || text.contains("event: message_delta\r\n: ")
+                );
+            }
+            if framing.split {
+                // Some frame ends inside an event (not after a blank line).
+                assert!(frames
+                    .iter()
+                    .any(|(b, _)| !b.ends_with(b"\n\n") && !b.ends_with(b"\r\n\r\n")));
+            }
+            if framing.coalesce && !framing.split {
+                assert!(
+                    frames.len() < plain.len()
+                        && frames.iter().any(|(b, _)| b
+                            .windows(7)
+                            .filter(|w| w == b"event: ")
+                            .count()
+                            > 1)
+                );
+            }
+            // Paced events keep their order.
+            let paced: Vec<u32> = frames
+                .iter()
+                .filter_map(|(_, p)| match p {
+                    Pace::Paced(n) => Some(*n),
+                    Pace::Immediate => None,
+                })
+                .collect();
+            assert!(paced.windows(2).all(|w| w[0] < w[1]), "{paced:?}");
+        }
+    }
+
+    #[test]
+    fn a_web_search_stream_restates_usage_with_its_searches_in_message_delta() {
+        let body = json!({"model":"m","max_tokens":10,"stream":true,
+            "messages":[{"role":"user","content":"news?"}],
+            "tools":[{"type":"web_search_20250305","name":"web_search","max_uses":2}]});
+        let events: Vec<_> = sse_transcript(&body).iter().map(parse).collect();
+        let u = expected_usage(&body);
+        let start = &events[0].1["message"]["usage"];
+        assert_eq!(
+            start["input_tokens"].as_u64().unwrap(),
+            u.before_server_tools().input_tokens
+        );
+        assert!(start.get("server_tool_use").is_none());
+        let delta = &events[events.len() - 2].1["usage"];
+        assert_eq!(delta["input_tokens"].as_u64().unwrap(), u.input_tokens);
+        assert_eq!(delta["server_tool_use"]["web_search_requests"], 2);
+        let blocks: Vec<&str> = events
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d["content_block"]["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            blocks,
+            [
+                "server_tool_use",
+                "web_search_tool_result",
+                "server_tool_use",
+                "web_search_tool_result",
+                "text"
+            ]
+        );
+        let plan = ResponsePlan::for_request(&body, 6, false);
+        let v: Value = serde_json::from_slice(&message_json(&plan)).unwrap();
+        assert_eq!(v["usage"]["server_tool_use"]["web_search_requests"], 2);
+        assert_eq!(v["content"][0]["type"], "server_tool_use");
+        assert_eq!(v["content"][1]["type"], "web_search_tool_result");
+        assert_eq!(v["stop_reason"], "end_turn");
     }
 
     #[test]

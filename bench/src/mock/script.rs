@@ -110,6 +110,39 @@ impl Step {
         }
     }
 
+    /// 429 for a subscription account whose binding limit is `claim` (`five_hour`,
+    /// `seven_day`, `seven_day_opus`, `seven_day_sonnet`, `seven_day_overage_included`,
+    /// `overage`), drained until `reset_epoch_secs`: `unified-status: rejected`, the
+    /// representative claim, the top-level reset and that window's status, utilization
+    /// and reset, and `retry-after` to the same instant. The other windows keep the
+    /// mock's healthy values (their own, different resets).
+    pub fn claim_rejected(claim: &str, reset_epoch_secs: u64) -> Step {
+        let window = match claim {
+            "five_hour" => "5h",
+            "seven_day" => "7d",
+            "seven_day_overage_included" => "7d_oi",
+            other => other,
+        };
+        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        let reset = reset_epoch_secs.to_string();
+        let h = |name: &str| format!("anthropic-ratelimit-unified-{name}");
+        Step::Error {
+            status: 429,
+            error_type: "rate_limit_error".to_owned(),
+            message: "This request would exceed your account's rate limit. Please try again later."
+                .to_owned(),
+            retry_after: Some(reset_epoch_secs.saturating_sub(now).max(1)),
+            headers: vec![
+                (h("status"), "rejected".into()),
+                (h("reset"), reset.clone()),
+                (h("representative-claim"), claim.into()),
+                (h(&format!("{window}-status")), "rejected".into()),
+                (h(&format!("{window}-utilization")), "1.02".into()),
+                (h(&format!("{window}-reset")), reset),
+            ],
+        }
+    }
+
     /// 529 `overloaded_error`.
     pub fn overloaded() -> Step {
         Step::error(529, "overloaded_error", "Overloaded")

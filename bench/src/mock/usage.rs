@@ -18,8 +18,13 @@
 //! - `input_tokens` = tokens after the last breakpoint + 3 (framing overhead), so it is
 //!   never zero.
 //! - `output_tokens` = 12 for the text block, + 24 when a `tool_use` block is produced
-//!   (non-empty `tools` and `tool_choice.type` ≠ `"none"`), + 32 when a thinking block is
-//!   produced (`thinking.type` is `"enabled"` or `"adaptive"`).
+//!   (a client tool in `tools` and `tool_choice.type` ≠ `"none"`), + 32 when a thinking
+//!   block is produced (`thinking.type` is `"enabled"` or `"adaptive"`).
+//! - Server tools: a `web_search_*` tool in `tools` makes the model search `max_uses`
+//!   times (default 1), a `web_fetch_*` tool fetch `max_uses` times (default 1). Each use
+//!   adds 8 output tokens (the query) and its results to `input_tokens` (1,500 tokens per
+//!   search, 2,500 per fetch); `server_tool_use` counts the uses. Server tools are not
+//!   client tools: they never produce a `tool_use` block.
 
 use serde_json::Value;
 
@@ -31,6 +36,12 @@ pub const TOOL_OUTPUT_TOKENS: u64 = 24;
 pub const THINKING_OUTPUT_TOKENS: u64 = 32;
 /// Tokens added to `input_tokens` for message framing.
 pub const FRAMING_INPUT_TOKENS: u64 = 3;
+/// Output tokens billed per server-tool use (the generated query or URL).
+pub const SERVER_TOOL_OUTPUT_TOKENS: u64 = 8;
+/// Input tokens one web search adds (its results).
+pub const SEARCH_RESULT_TOKENS: u64 = 1_500;
+/// Input tokens one web fetch adds (the fetched document).
+pub const FETCH_RESULT_TOKENS: u64 = 2_500;
 
 /// The final usage the mock reports for a request (what a relay must bill).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,12 +56,21 @@ pub struct MockUsage {
     pub cache_creation_5m: u64,
     /// Tokens written to the 1-hour cache.
     pub cache_creation_1h: u64,
+    /// `server_tool_use.web_search_requests`.
+    pub web_search_requests: u64,
+    /// `server_tool_use.web_fetch_requests`.
+    pub web_fetch_requests: u64,
 }
 
 impl MockUsage {
     /// `cache_creation_input_tokens` as the API reports it: 5m + 1h writes.
     pub fn cache_creation_input_tokens(&self) -> u64 {
         self.cache_creation_5m + self.cache_creation_1h
+    }
+
+    /// Whether any server tool was used.
+    pub fn used_server_tools(&self) -> bool {
+        self.web_search_requests > 0 || self.web_fetch_requests > 0
     }
 
     /// Every field halved: what `message_start` reports when the mock restates usage in
@@ -62,7 +82,31 @@ impl MockUsage {
             cache_read_input_tokens: self.cache_read_input_tokens / 2,
             cache_creation_5m: self.cache_creation_5m / 2,
             cache_creation_1h: self.cache_creation_1h / 2,
+            web_search_requests: 0,
+            web_fetch_requests: 0,
         }
+    }
+
+    /// What `message_start` reports before any server tool ran: the input without the
+    /// tools' results, no uses, 1 output token.
+    pub fn before_server_tools(&self) -> MockUsage {
+        MockUsage {
+            input_tokens: self.input_tokens
+                - self.web_search_requests * SEARCH_RESULT_TOKENS
+                - self.web_fetch_requests * FETCH_RESULT_TOKENS,
+            output_tokens: 1,
+            web_search_requests: 0,
+            web_fetch_requests: 0,
+            ..*self
+        }
+    }
+
+    /// `"server_tool_use":{…}` (no trailing comma).
+    pub(crate) fn server_tool_json_member(&self) -> String {
+        format!(
+            "\"server_tool_use\":{{\"web_search_requests\":{},\"web_fetch_requests\":{}}}",
+            self.web_search_requests, self.web_fetch_requests
+        )
     }
 
     /// The input-side fields as compact JSON members (no braces), in the API's order.
@@ -77,10 +121,15 @@ impl MockUsage {
         )
     }
 
-    /// The full `usage` object of a non-streaming response.
-    pub fn to_json(&self) -> String {
+    /// The full `usage` object of a non-streaming response, answered in `service_tier`.
+    pub fn to_json(&self, service_tier: &str) -> String {
+        let tools = if self.used_server_tools() {
+            format!(",{}", self.server_tool_json_member())
+        } else {
+            String::new()
+        };
         format!(
-            "{{{},\"output_tokens\":{},\"service_tier\":\"standard\",\"inference_geo\":\"global\"}}",
+            "{{{},\"output_tokens\":{}{tools},\"service_tier\":\"{service_tier}\",\"inference_geo\":\"global\"}}",
             self.input_json_members(),
             self.output_tokens
         )
@@ -165,8 +214,55 @@ pub fn wants_tool(body: &Value) -> Option<&str> {
     if choice_none {
         return None;
     }
-    let first = tools.first()?;
+    let first = tools.iter().find(|t| server_tool_kind(t).is_none())?;
     Some(first.get("name").and_then(Value::as_str).unwrap_or("tool"))
+}
+
+/// A server tool the mock runs itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerTool {
+    /// `web_search_*`.
+    WebSearch,
+    /// `web_fetch_*`.
+    WebFetch,
+}
+
+impl ServerTool {
+    /// The tool's `name` in `server_tool_use` blocks.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerTool::WebSearch => "web_search",
+            ServerTool::WebFetch => "web_fetch",
+        }
+    }
+}
+
+/// The server tool a `tools` entry declares (by its versioned `type`), if any.
+fn server_tool_kind(tool: &Value) -> Option<ServerTool> {
+    let kind = tool.get("type").and_then(Value::as_str)?;
+    if kind.starts_with("web_search_") {
+        Some(ServerTool::WebSearch)
+    } else if kind.starts_with("web_fetch_") {
+        Some(ServerTool::WebFetch)
+    } else {
+        None
+    }
+}
+
+/// The server-tool uses the mock performs for `body`, in order: each declared server
+/// tool `max_uses` times (default 1).
+pub fn server_tool_uses(body: &Value) -> Vec<ServerTool> {
+    let Some(tools) = body.get("tools").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tools {
+        if let Some(kind) = server_tool_kind(t) {
+            let n = t.get("max_uses").and_then(Value::as_u64).unwrap_or(1);
+            out.extend(std::iter::repeat_n(kind, usize::try_from(n).unwrap_or(0)));
+        }
+    }
+    out
 }
 
 /// Whether the mock answers this request with a thinking block.
@@ -242,6 +338,19 @@ pub fn expected_usage(body: &Value) -> MockUsage {
         } else {
             0
         };
+    for tool in server_tool_uses(body) {
+        usage.output_tokens += SERVER_TOOL_OUTPUT_TOKENS;
+        match tool {
+            ServerTool::WebSearch => {
+                usage.web_search_requests += 1;
+                usage.input_tokens += SEARCH_RESULT_TOKENS;
+            }
+            ServerTool::WebFetch => {
+                usage.web_fetch_requests += 1;
+                usage.input_tokens += FETCH_RESULT_TOKENS;
+            }
+        }
+    }
     usage
 }
 
@@ -322,6 +431,37 @@ mod tests {
             {"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"t","input":{}}]},
             {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}]}]});
         assert_eq!(wants_tool(&body), None);
+    }
+
+    #[test]
+    fn server_tools_add_uses_results_and_output_but_no_tool_use_block() {
+        let body = json!({"model":"m","max_tokens":10,"messages":[{"role":"user","content":"x"}],
+            "tools":[{"type":"web_search_20250305","name":"web_search","max_uses":2},
+                     {"type":"web_fetch_20250910","name":"web_fetch"}]});
+        let u = expected_usage(&body);
+        assert_eq!((u.web_search_requests, u.web_fetch_requests), (2, 1));
+        assert_eq!(wants_tool(&body), None, "server tools are not client tools");
+        let tools_tokens: u64 = body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(tokens_of_item)
+            .sum();
+        assert_eq!(
+            u.input_tokens,
+            tools_tokens
+                + 1
+                + FRAMING_INPUT_TOKENS
+                + 2 * SEARCH_RESULT_TOKENS
+                + FETCH_RESULT_TOKENS
+        );
+        assert_eq!(
+            u.output_tokens,
+            TEXT_OUTPUT_TOKENS + 3 * SERVER_TOOL_OUTPUT_TOKENS
+        );
+        let start = u.before_server_tools();
+        assert_eq!(start.input_tokens, tools_tokens + 1 + FRAMING_INPUT_TOKENS);
+        assert!(!start.used_server_tools());
     }
 
     #[test]
