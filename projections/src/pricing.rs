@@ -19,13 +19,19 @@
 //!   Opus 4.8 / 5 / 5.5, 6 on Opus 4.6; not confirmed on the official page) when
 //!   `speed = "fast"`. A model without the multiplier is priced at 1×. The `priority`
 //!   tier has no multiplier here (it is billed by commitment, not per token);
-//! - server-tool invocations (web search, web fetch) are counted but not priced;
-//! - the cost is exact; it is stored in nanodollars, and only a multiplier can make it
-//!   finer than that (then it is rounded half to even, see [`crate::money`]).
+//! - server tools billed per use: each web search costs the version's
+//!   `server_tools.web_search.per_use` (USD per search, at most 9 decimal places), on top
+//!   of the tokens its results add. The token multipliers do not apply to it. Web fetch
+//!   is billed by its tokens only, and code execution by container time the usage does
+//!   not report, so neither has a per-use price;
+//! - the cost is exact; it is stored in nanodollars, and only a multiplier can make the
+//!   token part finer than that (then that part is rounded half to even, see
+//!   [`crate::money`]); the cost is that rounded token part plus the per-use part, so the
+//!   per-use part of a stored cost is always recoverable to the nanodollar.
 //!
 //! Versions: each version has an id and a UTC start day and lists the models it adds or
-//! changes; a version inherits every other model, the family fallbacks and the batch
-//! multiplier from the one before it. An event is priced with the newest version whose
+//! changes; a version inherits every other model, the family fallbacks, the batch
+//! multiplier and the per-use prices from the one before it. An event is priced with the newest version whose
 //! start is not after the event's `occurred_at`; events older than the first version
 //! use the first version.
 //!
@@ -73,6 +79,33 @@ impl UnitPrices {
     }
 }
 
+/// Server-tool uses that are priced per use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerToolUses {
+    /// Web searches (`server_tool_use.web_search_requests`).
+    pub web_search: u64,
+}
+
+impl ServerToolUses {
+    /// The uses of a usage event.
+    pub fn of(u: &UsageRecorded) -> ServerToolUses {
+        ServerToolUses {
+            web_search: u.server_tool_use.web_search_requests,
+        }
+    }
+}
+
+/// The per-use part of a price.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerToolCharge {
+    /// Web searches.
+    pub web_search_uses: u64,
+    /// USD per web search.
+    pub web_search_unit: Decimal,
+    /// `web_search_uses × web_search_unit`, exact (whole nanodollars).
+    pub cost: Decimal,
+}
+
 /// The price of one usage event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priced {
@@ -85,7 +118,9 @@ pub struct Priced {
     pub fallback: bool,
     /// Unit prices after multipliers.
     pub unit: UnitPrices,
-    /// Exact cost in USD.
+    /// Per-use charges (web search), part of `cost`.
+    pub server_tools: ServerToolCharge,
+    /// Exact cost in USD: the tokens (rounded to the nanodollar) plus the per-use charges.
     pub cost: Decimal,
 }
 
@@ -150,8 +185,26 @@ struct FileVersion {
     #[serde(default)]
     family_fallback: BTreeMap<String, String>,
     #[serde(default)]
+    server_tools: BTreeMap<String, FilePerUse>,
+    #[serde(default)]
     models: BTreeMap<String, FileModel>,
 }
+
+/// A per-use price and where it comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePerUse {
+    per_use: Decimal,
+    #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "documentation in the table file, checked to be there"
+    )]
+    source: String,
+}
+
+/// Server tools a table may price per use.
+const PER_USE_TOOLS: [&str; 1] = ["web_search"];
 
 #[derive(Debug, Clone, Deserialize)]
 struct FileModel {
@@ -200,6 +253,8 @@ struct Version {
     effective_from_ms: i64,
     batch: Decimal,
     family_fallback: BTreeMap<String, String>,
+    /// USD per web search.
+    web_search: Decimal,
     models: BTreeMap<String, ModelPrice>,
     aliases: BTreeMap<String, String>,
     most_expensive: String,
@@ -259,6 +314,7 @@ impl PriceTable {
                     effective_from_ms: 0,
                     batch: Decimal::new(5, 1),
                     family_fallback: BTreeMap::new(),
+                    web_search: Decimal::ZERO,
                     models: BTreeMap::new(),
                     aliases: BTreeMap::new(),
                     most_expensive: String::new(),
@@ -280,6 +336,23 @@ impl PriceTable {
                 v.batch = b;
             }
             v.family_fallback.extend(fv.family_fallback);
+            for (tool, price) in fv.server_tools {
+                if !PER_USE_TOOLS.contains(&tool.as_str()) {
+                    return Err(Error::PriceTable(format!(
+                        "version {}: server tool {tool:?} has no per-use price (priced per use: {})",
+                        v.id,
+                        PER_USE_TOOLS.join(", ")
+                    )));
+                }
+                let per_use = price.per_use.normalize();
+                if per_use.is_sign_negative() || per_use.scale() > crate::money::NANO_SCALE {
+                    return Err(Error::PriceTable(format!(
+                        "version {}: {tool} per_use {per_use} must be ≥ 0 with at most 9 decimal places",
+                        v.id
+                    )));
+                }
+                v.web_search = per_use;
+            }
             for (name, m) in fv.models {
                 for alias in &m.aliases {
                     v.aliases.insert(alias.clone(), name.clone());
@@ -364,9 +437,9 @@ impl PriceTable {
         chosen
     }
 
-    /// Prices a usage event that occurred at `at`.
+    /// Prices a usage event that occurred at `at`: its tokens and its server-tool uses.
     pub fn price_usage(&self, at: DateTime<Utc>, u: &UsageRecorded) -> Priced {
-        self.price(
+        self.price_with_uses(
             at.timestamp_millis(),
             &PriceContext {
                 model: &u.model,
@@ -375,12 +448,36 @@ impl PriceTable {
                 inference_geo: u.inference_geo.as_deref(),
             },
             Tokens::of(u),
+            ServerToolUses::of(u),
         )
     }
 
-    /// Prices `tokens` of `ctx.model` at epoch milliseconds `at_ms`.
+    /// Prices `tokens` of `ctx.model` at epoch milliseconds `at_ms`, without server-tool
+    /// uses (see [`PriceTable::price_with_uses`]).
     pub fn price(&self, at_ms: i64, ctx: &PriceContext<'_>, tokens: Tokens) -> Priced {
+        self.price_with_uses(at_ms, ctx, tokens, ServerToolUses::default())
+    }
+
+    /// USD per web search at epoch milliseconds `at_ms`.
+    pub fn web_search_price(&self, at_ms: i64) -> Decimal {
+        self.version_at(at_ms).web_search
+    }
+
+    /// Prices `tokens` and server-tool `uses` of `ctx.model` at epoch milliseconds
+    /// `at_ms`.
+    pub fn price_with_uses(
+        &self,
+        at_ms: i64,
+        ctx: &PriceContext<'_>,
+        tokens: Tokens,
+        uses: ServerToolUses,
+    ) -> Priced {
         let v = self.version_at(at_ms);
+        let server_tools = ServerToolCharge {
+            web_search_uses: uses.web_search,
+            web_search_unit: v.web_search,
+            cost: (Decimal::from(uses.web_search) * v.web_search).normalize(),
+        };
         let (key, fallback) = match lookup(v, ctx.model) {
             Some(k) => (k, false),
             None => (fallback_key(v, ctx.model), true),
@@ -392,7 +489,8 @@ impl PriceTable {
                 price_key: key.to_owned(),
                 fallback: true,
                 unit: unit(Decimal::ZERO, Decimal::ZERO, Decimal::ZERO, None, None),
-                cost: Decimal::ZERO,
+                cost: server_tools.cost,
+                server_tools,
             };
         };
         let (mut price_key, base) = (key.to_owned(), &model.base);
@@ -418,15 +516,26 @@ impl PriceTable {
             }
         }
         let unit = base.scaled(factor);
-        let cost = cost_of(&unit, tokens);
+        let cost = (token_cost_rounded(&unit, tokens) + server_tools.cost).normalize();
         Priced {
             version: v.id.clone(),
             price_key,
             fallback,
             unit,
+            server_tools,
             cost,
         }
     }
+}
+
+/// [`cost_of`] rounded half to even to the nanodollar: the token part of a stored cost.
+pub fn token_cost_rounded(unit: &UnitPrices, t: Tokens) -> Decimal {
+    cost_of(unit, t)
+        .round_dp_with_strategy(
+            crate::money::NANO_SCALE,
+            rust_decimal::RoundingStrategy::MidpointNearestEven,
+        )
+        .normalize()
 }
 
 /// Exact cost of `tokens` at `unit` prices per million tokens.
@@ -630,6 +739,126 @@ mod tests {
         let p = t.price(NOV_2026, &ctx("claude-opus-4-20250514"), tokens);
         assert!(!p.fallback);
         assert_eq!(p.price_key, "claude-opus-4-0");
+    }
+
+    fn searching(
+        model: &str,
+        tokens: [u64; 5],
+        searches: u64,
+        tier: Option<&str>,
+    ) -> UsageRecorded {
+        UsageRecorded {
+            account: schema::AccountId::parse("acc_1").unwrap(),
+            attempt: 1,
+            model: model.into(),
+            status: 200,
+            stream: true,
+            input_tokens: tokens[0],
+            output_tokens: tokens[1],
+            cache_read_input_tokens: tokens[2],
+            cache_creation_5m_input_tokens: tokens[3],
+            cache_creation_1h_input_tokens: tokens[4],
+            server_tool_use: schema::ServerToolUse {
+                web_search_requests: searches,
+                web_fetch_requests: 7,
+            },
+            service_tier: tier.map(Into::into),
+            speed: None,
+            inference_geo: None,
+            completeness: schema::Completeness::Complete,
+        }
+    }
+
+    #[test]
+    fn web_searches_cost_per_use_on_top_of_tokens_without_multipliers() {
+        let t = PriceTable::embedded().unwrap();
+        let at = DateTime::from_timestamp_millis(NOV_2026).unwrap();
+        let u = searching("claude-sonnet-4-6", [1_000, 100, 0, 0, 0], 3, None);
+        let p = t.price_usage(at, &u);
+        // 1000*3 + 100*15 = 4500 µUSD of tokens; 3 searches at $0.01; fetches are free.
+        assert_eq!(p.server_tools.web_search_uses, 3);
+        assert_eq!(p.server_tools.web_search_unit, d("0.01"));
+        assert_eq!(p.server_tools.cost, d("0.03"));
+        assert_eq!(p.cost, d("0.0345"));
+        assert_eq!(t.web_search_price(NOV_2026), d("0.01"));
+        // The batch discount halves the tokens, not the searches.
+        let p = t.price_usage(
+            at,
+            &searching("claude-sonnet-4-6", [1_000, 100, 0, 0, 0], 3, Some("batch")),
+        );
+        assert_eq!(p.cost, d("0.03225"));
+        // `price` (tokens only) leaves the searches out.
+        let p = t.price(NOV_2026, &ctx("claude-sonnet-4-6"), Tokens::of(&u));
+        assert_eq!(p.cost, d("0.0045"));
+        assert_eq!(
+            p.server_tools,
+            ServerToolCharge {
+                web_search_unit: d("0.01"),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn the_token_part_is_rounded_before_the_searches_are_added() {
+        // One input token at 0.001 USD/M under batch is 0.5 nanodollars, a tie.
+        let tie = PriceTable::from_json(
+            r#"{"versions":[{"id":"v","effective_from":"2024-01-01",
+                "server_tools":{"web_search":{"per_use":"0.000000001","source":"test"}},
+                "models":{"m":{"input":"0.001","output":"1","cache_read":"1"}}}]}"#,
+        )
+        .unwrap();
+        let at = DateTime::from_timestamp_millis(NOV_2026).unwrap();
+        let u = searching("m", [1, 0, 0, 0, 0], 1, Some("batch"));
+        let p = tie.price_usage(at, &u);
+        // The tie rounds to 0 (even), then the search adds 1: 1, not round(1.5) = 2.
+        let nanos = |c: Decimal| crate::money::usd_to_nanos(c).unwrap();
+        assert_eq!(nanos(p.cost), 1);
+        assert_eq!(
+            nanos(p.cost) - nanos(token_cost_rounded(&p.unit, Tokens::of(&u))),
+            1,
+            "the per-use part is recoverable from the stored cost"
+        );
+    }
+
+    #[test]
+    fn per_use_prices_are_effective_dated_and_validated() {
+        let two = PriceTable::from_json(
+            r#"{"versions":[
+                {"id":"a","effective_from":"2024-01-01","server_tools":{"web_search":{"per_use":"0.01","source":"x"}},
+                 "models":{"m":{"input":"1","output":"1","cache_read":"1"}}},
+                {"id":"b","effective_from":"2026-11-01"},
+                {"id":"c","effective_from":"2026-11-10","server_tools":{"web_search":{"per_use":"0.008","source":"y"}}}]}"#,
+        )
+        .unwrap();
+        let day = |d: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 11, d)
+                .unwrap()
+                .and_hms_opt(12, 0, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp_millis()
+        };
+        assert_eq!(two.web_search_price(JAN_2026), d("0.01"));
+        assert_eq!(two.web_search_price(day(5)), d("0.01"), "inherited by b");
+        assert_eq!(two.web_search_price(day(20)), d("0.008"));
+        let bad = |tools: &str| {
+            PriceTable::from_json(&format!(
+                r#"{{"versions":[{{"id":"a","effective_from":"2024-01-01","server_tools":{tools},
+                   "models":{{"m":{{"input":"1","output":"1","cache_read":"1"}}}}}}]}}"#
+            ))
+        };
+        assert!(
+            bad(r#"{"web_fetch":{"per_use":"0.01"}}"#).is_err(),
+            "not billed per use"
+        );
+        assert!(
+            bad(r#"{"web_search":{"per_use":"0.0000000001"}}"#).is_err(),
+            "finer than a nanodollar"
+        );
+        assert!(bad(r#"{"web_search":{"per_use":"-1"}}"#).is_err());
+        assert!(bad(r#"{"web_search":{"per_use":"0.01","typo":1}}"#).is_err());
+        assert!(bad(r#"{"web_search":{"per_use":"0.01","source":"s"}}"#).is_ok());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! These functions only read; they never apply events. Amounts come back as exact
 //! `Decimal` dollars (scale 9) next to the raw nanodollars.
 
-use crate::money::nanos_to_usd;
-use crate::pricing::UnitPrices;
+use crate::money::{nanos_to_usd, usd_to_nanos};
+use crate::pricing::{token_cost_rounded, Tokens, UnitPrices};
 use crate::{runner, Error};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use ingest::EventLog;
@@ -682,7 +682,7 @@ pub async fn audit_log(
 
 // ---------------------------------------------------------------- statement
 
-/// One line of a statement: a model at one set of unit prices.
+/// One line of a statement: a model's tokens at one set of unit prices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatementLine {
     /// Model as reported.
@@ -707,7 +707,29 @@ pub struct StatementLine {
     pub cache_write_5m_tokens: u64,
     /// 1-hour cache-write tokens.
     pub cache_write_1h_tokens: u64,
-    /// Cost, USD (the sum of the events' costs).
+    /// Cost of the tokens, USD (the sum of the events' costs less their server-tool
+    /// charges, which have their own lines).
+    pub cost: Decimal,
+    /// Cost in nanodollars.
+    pub cost_nanos: i64,
+    /// The usage event ids behind this line, sorted.
+    pub event_ids: Vec<String>,
+}
+
+/// One line of a statement: a server tool billed per use, at one price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerToolLine {
+    /// The tool (`web_search`).
+    pub tool: String,
+    /// Price-table version.
+    pub price_version: String,
+    /// USD per use.
+    pub unit_price: Decimal,
+    /// Usage events with uses.
+    pub requests: u64,
+    /// Uses.
+    pub uses: u64,
+    /// Cost, USD.
     pub cost: Decimal,
     /// Cost in nanodollars.
     pub cost_nanos: i64,
@@ -730,7 +752,13 @@ pub struct StatementTotals {
     pub cache_write_5m_tokens: u64,
     /// 1-hour cache-write tokens.
     pub cache_write_1h_tokens: u64,
-    /// Cost, USD.
+    /// Web searches.
+    pub web_search_requests: u64,
+    /// Web fetches (billed by their tokens only).
+    pub web_fetch_requests: u64,
+    /// Cost of the server-tool lines, USD.
+    pub server_tool_cost: Decimal,
+    /// Cost, USD: every line, server tools included.
     pub cost: Decimal,
     /// Cost in nanodollars.
     pub cost_nanos: i64,
@@ -747,8 +775,10 @@ pub struct Statement {
     pub month: String,
     /// Currency of every amount.
     pub currency: String,
-    /// Lines ordered by model, price version, price key, unit prices.
+    /// Token lines ordered by model, price version, price key, unit prices.
     pub lines: Vec<StatementLine>,
+    /// Server-tool lines ordered by tool, price version, unit price.
+    pub server_tool_lines: Vec<ServerToolLine>,
     /// Sums over the lines.
     pub totals: StatementTotals,
 }
@@ -772,16 +802,46 @@ fn dec(s: &str) -> Result<Decimal, Error> {
     Decimal::from_str(s).map_err(|e| Error::Corrupt(format!("bad unit price {s:?}: {e}")))
 }
 
-/// The statement of `tenant` for `month` (`YYYY-MM`, UTC), built from the usage ledger.
-/// The total is the exact sum of the per-event costs.
+/// The server-tool part of a stored cost: the cost less its token part recomputed from
+/// the stored unit prices (the pricing adds per-use charges to the token part after
+/// rounding it, so this is exact). Zero when the event made no searches, or when the
+/// remainder does not fit them (rows priced before searches were).
+fn server_tool_nanos(
+    units: &UnitPrices,
+    tokens: [u64; 5],
+    searches: u64,
+    cost_nanos: i64,
+) -> Result<i64, Error> {
+    if searches == 0 {
+        return Ok(0);
+    }
+    let t = Tokens {
+        input: tokens[0],
+        output: tokens[1],
+        cache_read: tokens[2],
+        cache_write_5m: tokens[3],
+        cache_write_1h: tokens[4],
+    };
+    let rest = cost_nanos - usd_to_nanos(token_cost_rounded(units, t))?;
+    let uses = i64::try_from(searches).unwrap_or(i64::MAX);
+    Ok(if rest >= 0 && rest % uses == 0 {
+        rest
+    } else {
+        0
+    })
+}
+
+/// The statement of `tenant` for `month` (`YYYY-MM`, UTC), built from the usage ledger:
+/// a line per model and unit prices, a line per server tool and per-use price. The
+/// total is the exact sum of the per-event costs.
 pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statement, Error> {
     let (first, last) = month_range(month)?;
     let rows = sqlx::query(
         "SELECT model, price_version, price_key, priced_by_fallback, unit_input, unit_output, \
          unit_cache_read, unit_cache_write_5m, unit_cache_write_1h, event_id, input_tokens, \
          output_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
-         cost_nanos FROM usage_ledger WHERE tenant = $1 AND day >= $2 AND day <= $3 \
-         ORDER BY event_id",
+         cost_nanos, web_search_requests, web_fetch_requests FROM usage_ledger \
+         WHERE tenant = $1 AND day >= $2 AND day <= $3 ORDER BY event_id",
     )
     .bind(tenant)
     .bind(first.format("%Y-%m-%d").to_string())
@@ -790,6 +850,7 @@ pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statem
     .await?;
     type Key = (String, String, String, i64, [String; 5]);
     let mut lines: BTreeMap<Key, StatementLine> = BTreeMap::new();
+    let mut tool_lines: BTreeMap<(String, String, Decimal), ServerToolLine> = BTreeMap::new();
     let mut totals = StatementTotals::default();
     for r in rows {
         let units: [String; 5] = [
@@ -814,6 +875,10 @@ pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statem
             u(r.try_get(14)?),
         ];
         let cost_nanos: i64 = r.try_get(15)?;
+        let searches = u(r.try_get(16)?);
+        let event_id: String = r.try_get(9)?;
+        totals.web_search_requests += searches;
+        totals.web_fetch_requests += u(r.try_get(17)?);
         let line = match lines.entry(key) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
@@ -842,14 +907,35 @@ pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statem
                 })
             }
         };
+        let tool_nanos = server_tool_nanos(&line.unit_prices, tokens, searches, cost_nanos)?;
         line.requests += 1;
         line.input_tokens += tokens[0];
         line.output_tokens += tokens[1];
         line.cache_read_tokens += tokens[2];
         line.cache_write_5m_tokens += tokens[3];
         line.cache_write_1h_tokens += tokens[4];
-        line.cost_nanos += cost_nanos;
-        line.event_ids.push(r.try_get(9)?);
+        line.cost_nanos += cost_nanos - tool_nanos;
+        line.event_ids.push(event_id.clone());
+        if searches > 0 {
+            let unit = (nanos_to_usd(tool_nanos) / Decimal::from(searches)).normalize();
+            let version = line.price_version.clone();
+            let tool = tool_lines
+                .entry(("web_search".to_owned(), version.clone(), unit))
+                .or_insert_with(|| ServerToolLine {
+                    tool: "web_search".to_owned(),
+                    price_version: version,
+                    unit_price: unit,
+                    requests: 0,
+                    uses: 0,
+                    cost: Decimal::ZERO,
+                    cost_nanos: 0,
+                    event_ids: Vec::new(),
+                });
+            tool.requests += 1;
+            tool.uses += searches;
+            tool.cost_nanos += tool_nanos;
+            tool.event_ids.push(event_id);
+        }
         totals.requests += 1;
         totals.input_tokens += tokens[0];
         totals.output_tokens += tokens[1];
@@ -869,18 +955,28 @@ pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statem
             l
         })
         .collect();
+    let server_tool_lines: Vec<ServerToolLine> = tool_lines
+        .into_values()
+        .map(|mut l| {
+            l.cost = nanos_to_usd(l.cost_nanos);
+            l
+        })
+        .collect();
+    totals.server_tool_cost = nanos_to_usd(server_tool_lines.iter().map(|l| l.cost_nanos).sum());
     Ok(Statement {
         tenant: tenant.to_owned(),
         month: month.to_owned(),
         currency: "USD".to_owned(),
         lines,
+        server_tool_lines,
         totals,
     })
 }
 
 impl Statement {
-    /// CSV: a header, one row per line (event ids space-separated in the last column),
-    /// then a `TOTAL` row.
+    /// CSV: a header, one row per token line, one per server-tool line (`model` names
+    /// the tool, `price_key` is `per_use`, and `uses` / `unit_per_use_usd` are filled),
+    /// then a `TOTAL` row. Event ids are space-separated.
     pub fn to_csv(&self) -> String {
         fn esc(s: &str) -> String {
             if s.contains([',', '"', '\n']) {
@@ -894,7 +990,7 @@ impl Statement {
              input_tokens,output_tokens,cache_read_tokens,cache_write_5m_tokens,\
              cache_write_1h_tokens,unit_input_usd_per_mtok,unit_output_usd_per_mtok,\
              unit_cache_read_usd_per_mtok,unit_cache_write_5m_usd_per_mtok,\
-             unit_cache_write_1h_usd_per_mtok,cost_usd,event_ids\n",
+             unit_cache_write_1h_usd_per_mtok,cost_usd,event_ids,uses,unit_per_use_usd\n",
         );
         for l in &self.lines {
             let cells = [
@@ -917,7 +1013,29 @@ impl Statement {
                 l.unit_prices.cache_write_1h.to_string(),
                 l.cost.to_string(),
                 l.event_ids.join(" "),
+                String::new(),
+                String::new(),
             ];
+            out.push_str(&cells.join(","));
+            out.push('\n');
+        }
+        for l in &self.server_tool_lines {
+            let mut cells = vec![
+                esc(&self.tenant),
+                esc(&self.month),
+                esc(&l.tool),
+                esc(&l.price_version),
+                "per_use".to_owned(),
+                "false".to_owned(),
+                l.requests.to_string(),
+            ];
+            cells.extend(std::iter::repeat_n(String::new(), 10));
+            cells.extend([
+                l.cost.to_string(),
+                l.event_ids.join(" "),
+                l.uses.to_string(),
+                l.unit_price.to_string(),
+            ]);
             out.push_str(&cells.join(","));
             out.push('\n');
         }
@@ -941,6 +1059,8 @@ impl Statement {
             String::new(),
             String::new(),
             t.cost.to_string(),
+            String::new(),
+            t.web_search_requests.to_string(),
             String::new(),
         ];
         out.push_str(&cells.join(","));

@@ -48,6 +48,7 @@ both!(
     redelivery_out_of_order_gives_the_same_totals,
     unknown_model_is_priced_by_fallback_and_flagged,
     statement_total_equals_sum_of_event_costs,
+    web_searches_are_priced_per_use_on_their_own_statement_line,
     account_status_follows_health_and_counts,
     request_log_joins_usage_and_prunes,
     audit_log_keeps_admin_actions_and_auth_failures,
@@ -336,6 +337,90 @@ async fn statement_total_equals_sum_of_event_costs(db: &TestDb) {
         .last()
         .unwrap()
         .contains(&st.totals.cost.to_string()));
+}
+
+/// `usage` with `searches` web searches and `fetches` web fetches.
+fn searching(
+    spec: &UsageSpec,
+    searches: u64,
+    fetches: u64,
+    tier: Option<&str>,
+) -> schema::Envelope {
+    let mut e = usage(spec);
+    if let schema::Event::UsageRecorded(u) = &mut e.event {
+        u.server_tool_use = schema::ServerToolUse {
+            web_search_requests: searches,
+            web_fetch_requests: fetches,
+        };
+        u.service_tier = tier.map(Into::into);
+    }
+    e
+}
+
+async fn web_searches_are_priced_per_use_on_their_own_statement_line(db: &TestDb) {
+    let log = MemLog::new();
+    // 1000*3 + 500*15 = 10500 µUSD of tokens, plus 3 searches at $0.01.
+    let three = searching(&UsageSpec::default(), 3, 1, None);
+    // Under the batch discount the tokens halve (5250 µUSD), the searches do not.
+    let batch = searching(
+        &UsageSpec {
+            request: "req_2".into(),
+            ..Default::default()
+        },
+        2,
+        0,
+        Some("batch"),
+    );
+    // Fetches alone cost nothing per use.
+    let fetch = searching(
+        &UsageSpec {
+            request: "req_3".into(),
+            ..Default::default()
+        },
+        0,
+        4,
+        None,
+    );
+    log.push_all(&[three.clone(), batch.clone(), fetch.clone()]);
+    catch_up(&db.pool, log).await;
+    assert_eq!(ledger_cost(db, &three.id.to_string()).await.0, 40_500_000);
+    assert_eq!(ledger_cost(db, &batch.id.to_string()).await.0, 25_250_000);
+    assert_eq!(ledger_cost(db, &fetch.id.to_string()).await.0, 10_500_000);
+    // Totals and budgets see the searches.
+    let rows = read::usage_totals(&db.pool, &nov()).await.unwrap();
+    assert_eq!(rows[0].cost, d("0.07625"));
+
+    let st = read::statement(&db.pool, "acme", "2026-11").await.unwrap();
+    assert_eq!(st.server_tool_lines.len(), 1, "{st:#?}");
+    let w = &st.server_tool_lines[0];
+    assert_eq!(w.tool, "web_search");
+    assert_eq!(w.price_version, "anthropic-2026-10-07");
+    assert_eq!(w.unit_price, d("0.01"));
+    assert_eq!((w.requests, w.uses), (2, 5));
+    assert_eq!(w.cost, d("0.05"));
+    let mut ids = vec![three.id.to_string(), batch.id.to_string()];
+    ids.sort();
+    assert_eq!(w.event_ids, ids);
+    // The token lines carry the tokens only; together the lines make the total.
+    let tokens: Decimal = st.lines.iter().map(|l| l.cost).sum();
+    assert_eq!(tokens, d("0.02625"));
+    assert_eq!(tokens + w.cost, st.totals.cost);
+    assert_eq!(st.totals.cost, d("0.07625"));
+    assert_eq!(st.totals.server_tool_cost, d("0.05"));
+    assert_eq!(
+        (st.totals.web_search_requests, st.totals.web_fetch_requests),
+        (5, 5)
+    );
+    let csv = st.to_csv();
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("acme,2026-11,web_search,"))
+        .unwrap_or_else(|| panic!("{csv}"));
+    assert!(
+        row.ends_with(&format!("0.050000000,{},5,0.01", ids.join(" "))),
+        "{row}"
+    );
+    assert!(csv.lines().last().unwrap().ends_with(",5,"), "{csv}");
 }
 
 async fn account_status_follows_health_and_counts(db: &TestDb) {

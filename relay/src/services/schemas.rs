@@ -157,13 +157,38 @@ pub struct Statement {
     pub month: String,
     /// Currency of every amount.
     pub currency: String,
-    /// Lines ordered by model, price version, price key, unit prices.
+    /// Token lines ordered by model, price version, price key, unit prices.
     pub lines: Vec<StatementLine>,
+    /// Server-tool lines ordered by tool, price version, unit price.
+    pub server_tool_lines: Vec<ServerToolLine>,
     /// Sums over the lines.
     pub totals: StatementTotals,
 }
 
-/// One line of a statement: a model at one set of unit prices.
+/// One line of a statement: a server tool billed per use, at one price.
+#[derive(ToSchema)]
+pub struct ServerToolLine {
+    /// The tool (`web_search`).
+    pub tool: String,
+    /// Price-table version.
+    pub price_version: String,
+    /// USD per use.
+    #[schema(format = "decimal", example = "0.01")]
+    pub unit_price: String,
+    /// Usage events with uses.
+    pub requests: u64,
+    /// Uses.
+    pub uses: u64,
+    /// Cost, USD.
+    #[schema(format = "decimal", example = "0.03")]
+    pub cost: String,
+    /// Cost in nanodollars.
+    pub cost_nanos: i64,
+    /// The usage event ids behind this line, sorted.
+    pub event_ids: Vec<String>,
+}
+
+/// One line of a statement: a model's tokens at one set of unit prices.
 #[derive(ToSchema)]
 pub struct StatementLine {
     /// Model as reported.
@@ -188,7 +213,8 @@ pub struct StatementLine {
     pub cache_write_5m_tokens: u64,
     /// 1-hour cache-write tokens.
     pub cache_write_1h_tokens: u64,
-    /// Cost, USD (the sum of the events' costs).
+    /// Cost of the tokens, USD (the sum of the events' costs less their server-tool
+    /// charges, which have their own lines).
     #[schema(format = "decimal", example = "0.0123")]
     pub cost: String,
     /// Cost in nanodollars.
@@ -212,7 +238,14 @@ pub struct StatementTotals {
     pub cache_write_5m_tokens: u64,
     /// 1-hour cache-write tokens.
     pub cache_write_1h_tokens: u64,
-    /// Cost, USD.
+    /// Web searches.
+    pub web_search_requests: u64,
+    /// Web fetches (billed by their tokens only).
+    pub web_fetch_requests: u64,
+    /// Cost of the server-tool lines, USD.
+    #[schema(format = "decimal", example = "0.03")]
+    pub server_tool_cost: String,
+    /// Cost, USD: every line, server tools included.
     #[schema(format = "decimal", example = "0.0123")]
     pub cost: String,
     /// Cost in nanodollars.
