@@ -8,6 +8,7 @@
 mod admin;
 mod admin_ops;
 mod auth_input;
+mod billing;
 mod cli;
 mod cli_projections;
 mod clients;
@@ -20,6 +21,7 @@ mod oauth;
 mod operator_hygiene;
 mod proxies;
 mod streams;
+mod upstream_modes;
 
 use bench::mock::MockUpstream;
 use clap::Parser;
