@@ -63,6 +63,19 @@ fn usage(tenant: &str, model: &str, tokens: [u64; 5], day: u32) -> Envelope {
     )
 }
 
+fn admin_action(at: chrono::DateTime<Utc>) -> Envelope {
+    Envelope::new(
+        Uuid::now_v7(),
+        at,
+        Event::AdminAction(AdminAction {
+            actor: "cli".into(),
+            action: "key.create".into(),
+            target: "key:key_1".into(),
+            summary: "created".into(),
+        }),
+    )
+}
+
 /// Writes a few events into the embedded log of `data_dir`; returns them.
 async fn seed(data_dir: &Path) -> Vec<Envelope> {
     let log = ingest::sqlite::SqliteLog::open(&data_dir.join("events.db"))
@@ -79,16 +92,7 @@ async fn seed(data_dir: &Path) -> Vec<Envelope> {
         // 1000*1 + 1000*5 = 6000 µUSD.
         usage("acme", "claude-haiku-4-5", [1_000, 1_000, 0, 0, 0], 4),
         usage("globex", "claude-haiku-4-5", [1_000, 0, 0, 0, 0], 4),
-        Envelope::new(
-            Uuid::now_v7(),
-            Utc.with_ymd_and_hms(2026, 11, 5, 0, 0, 0).unwrap(),
-            Event::AdminAction(AdminAction {
-                actor: "cli".into(),
-                action: "key.create".into(),
-                target: "key:key_1".into(),
-                summary: "created".into(),
-            }),
-        ),
+        admin_action(Utc.with_ymd_and_hms(2026, 11, 5, 0, 0, 0).unwrap()),
     ];
     log.append_batch(&events).await.unwrap();
     log.close().await;
@@ -191,10 +195,32 @@ async fn events_tail_prints_json_lines_with_filters() {
     assert_eq!(admin[0]["type"], "admin.action");
     let usage = tail(&["--type", "usage"]);
     assert_eq!(usage.len(), 3);
-    // The seeded events occurred in November 2026; none is within the last second
-    // unless the clock is before then, in which case all are.
-    let recent = tail(&["--since", "1s"]);
-    assert!(recent.is_empty() || recent.len() == 4);
+    // Two more: one just now, one two hours ago. `--since 1h` keeps exactly the events
+    // of the last hour (the seeded November ones only if the clock is before them).
+    let now = Utc::now();
+    let fresh = admin_action(now);
+    let stale = admin_action(now - chrono::Duration::hours(2));
+    let log = ingest::sqlite::SqliteLog::open(&dir.path().join("events.db"))
+        .await
+        .unwrap();
+    log.append_batch(&[stale.clone(), fresh.clone()])
+        .await
+        .unwrap();
+    log.close().await;
+    let since = now - chrono::Duration::hours(1);
+    let want: Vec<String> = events
+        .iter()
+        .chain([&stale, &fresh])
+        .filter(|e| e.occurred_at >= since)
+        .map(|e| e.id.to_string())
+        .collect();
+    let recent: Vec<String> = tail(&["--since", "1h"])
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recent, want);
+    assert!(recent.contains(&fresh.id.to_string()));
+    assert!(!recent.contains(&stale.id.to_string()));
     let bad = relay(dir.path())
         .args(["events", "tail", "--no-follow", "--type", "nope"])
         .output()

@@ -229,9 +229,13 @@ async fn a_server_error_upstream_says_not_to_retry_is_returned_without_failover(
 async fn rate_limit_cooldown_then_timed_recovery() {
     let mock = MockUpstream::start().await;
     let app = spawn_app(&[]).await;
-    let a = app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    // Unified headers come with subscription (OAuth) accounts.
+    let token = "sk-ant-oat01-subscription";
+    let mut sub = Acc::new("a", token);
+    sub.kind = relay::accounts::AccountKind::OAuth;
+    let a = app.add_account(&mock, sub).await;
     let reset = chrono::Utc::now().timestamp() + 2;
-    mock.script(KEY_A, [Step::unified_rejected(reset as u64, 7999)]);
+    mock.script(token, [Step::unified_rejected(reset as u64, 7999)]);
 
     let r = app.messages(&body(false)).send().await.unwrap();
     assert_eq!(r.status(), 429);
@@ -447,13 +451,9 @@ async fn no_account_and_busy_answers_say_whose_limit() {
         })
         .await
         .unwrap();
-    mock.script(
-        KEY_A,
-        [Step::Stall {
-            after_events: 2,
-            duration: Duration::from_millis(1500),
-        }],
-    );
+    // The mock holds the stream after its first event until the gate opens.
+    let gate = mock.gate_events();
+    gate.release(1);
     let mut slow = app
         .messages_as(vip.expose(), &body(true))
         .send()
@@ -475,6 +475,7 @@ async fn no_account_and_busy_answers_say_whose_limit() {
             .contains("concurrency"),
         "{v}"
     );
+    gate.release(1_000);
     while slow.chunk().await.unwrap().is_some() {}
     // The slot is free again once the stream ended.
     let r = app

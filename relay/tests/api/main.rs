@@ -24,7 +24,7 @@ mod streams;
 mod upstream_modes;
 
 use bench::mock::MockUpstream;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use relay::accounts::{AccountKind, NewAccount};
 use relay::app::AppState;
 use relay::config::{CommonConfig, ServeConfig};
@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 struct Args {
     #[command(flatten)]
     common: CommonConfig,
@@ -94,7 +94,13 @@ pub async fn spawn_app_with(
         argv.extend(["--projectors".into(), "off".into()]);
     }
     argv.extend(flags.iter().map(|s| s.to_string()));
-    let args = Args::try_parse_from(argv).unwrap();
+    // The settings are the flags above and the defaults, never the environment of the
+    // shell running the tests (`DISCONNECT_POLICY`, `PRICE_TABLE`, `MAX_ATTEMPTS`, …).
+    let matches = Args::command()
+        .mut_args(|a| a.env(None))
+        .try_get_matches_from(argv)
+        .unwrap();
+    let args = Args::from_arg_matches(&matches).unwrap();
     let mut common = args.common;
     // The tests choose their stores regardless of the environment.
     common.nats_url = nats_url;
@@ -299,10 +305,16 @@ impl TestApp {
         }
     }
 
+    /// Shuts the relay down and asserts it stopped cleanly within 10 s.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(s) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
+            let ended = tokio::time::timeout(Duration::from_secs(10), s)
+                .await
+                .expect("the relay did not stop within 10 s");
+            ended
+                .expect("the server task panicked")
+                .expect("the relay stopped with an error");
         }
     }
 }

@@ -70,7 +70,13 @@ async fn upstream_idle_timeout_ends_the_stream_with_an_error_event() {
     app.stop().await;
 }
 
-async fn disconnect_after_first_chunk(app: &TestApp, body: &serde_json::Value) {
+/// Lets the mock send `message_start` only, reads it, and leaves.
+async fn disconnect_after_first_chunk(
+    app: &TestApp,
+    gate: &bench::mock::EventGate,
+    body: &serde_json::Value,
+) {
+    gate.release(1);
     let mut resp = app.messages(body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let first = resp.chunk().await.unwrap().unwrap();
@@ -83,15 +89,17 @@ async fn client_disconnect_drains_upstream_for_the_final_usage() {
     let mock = MockUpstream::start().await;
     let app = spawn_app(&["--sse-keepalive-ms", "0"]).await;
     app.add_account(&mock, Acc::new("a", KEY_A)).await;
-    mock.script(
-        KEY_A,
-        [Step::Stall {
-            after_events: 1,
-            duration: Duration::from_millis(400),
-        }],
-    );
+    let gate = mock.gate_events();
     let body = body(true);
-    disconnect_after_first_chunk(&app, &body).await;
+    disconnect_after_first_chunk(&app, &gate, &body).await;
+    // The rest of the stream leaves upstream only once the relay drains it.
+    let drains = &app.state.proxy.metrics.drains;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while drains.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no drain started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.release(mock.sse_transcript(&body).len());
     let events = app
         .wait_events("drained usage", |e| {
             usages(e).len() == 1 && finished(e).len() == 1
@@ -113,15 +121,10 @@ async fn client_disconnect_with_stop_policy_records_partial_usage() {
     let mock = MockUpstream::start().await;
     let app = spawn_app(&["--disconnect-policy", "stop", "--sse-keepalive-ms", "0"]).await;
     app.add_account(&mock, Acc::new("a", KEY_A)).await;
-    mock.script(
-        KEY_A,
-        [Step::Stall {
-            after_events: 1,
-            duration: Duration::from_millis(400),
-        }],
-    );
+    // Upstream holds everything after message_start: the usage can only be what was seen.
+    let gate = mock.gate_events();
     let body = body(true);
-    disconnect_after_first_chunk(&app, &body).await;
+    disconnect_after_first_chunk(&app, &gate, &body).await;
     let events = app
         .wait_events("partial usage", |e| usages(e).len() == 1)
         .await;
