@@ -172,26 +172,21 @@ pub async fn live_then_rebuild(
             }
         })
     };
-    // Projectors start while events are still arriving.
-    let live = {
-        let pool = db.pool.clone();
-        let log = log.clone();
-        tokio::spawn(async move {
-            feeder.await.unwrap();
-            if grouped {
-                run_live_group(&pool, log, projections::all(prices())).await;
-            } else {
-                run_live_with(
-                    &pool,
-                    log,
-                    projections::all(prices()),
-                    projections::ProjectorOptions::default(),
-                )
-                .await;
-            }
-        })
-    };
-    live.await.unwrap();
+    // Projectors start while events are still arriving, and run until they have
+    // applied everything the feeder appended.
+    let fed = async move { feeder.await.unwrap() };
+    if grouped {
+        run_live_group(&db.pool, log.clone(), projections::all(prices()), fed).await;
+    } else {
+        run_live_with(
+            &db.pool,
+            log.clone(),
+            projections::all(prices()),
+            projections::ProjectorOptions::default(),
+            fed,
+        )
+        .await;
+    }
     eprintln!(
         "{}: live projection done after {:?}",
         db.backend,

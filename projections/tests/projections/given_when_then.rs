@@ -42,7 +42,7 @@ async fn ledger_cost(db: &TestDb, event_id: &str) -> (i64, i64, String, String) 
 }
 
 both!(
-    restated_input_is_priced_with_all_five_token_kinds,
+    the_final_usage_is_priced_with_all_five_token_kinds,
     one_hour_cache_writes_cost_twice_the_input_price,
     same_event_id_twice_counts_once,
     redelivery_out_of_order_gives_the_same_totals,
@@ -55,9 +55,10 @@ both!(
     totals_roll_up_and_shift_by_display_offset,
 );
 
-async fn restated_input_is_priced_with_all_five_token_kinds(db: &TestDb) {
-    // A stream whose message_start said 2234 input tokens and whose final
-    // message_delta restated 9281: the usage event carries the final figures.
+async fn the_final_usage_is_priced_with_all_five_token_kinds(db: &TestDb) {
+    // The usage event carries the final figures (e.g. 9281 input tokens restated in
+    // message_delta after message_start said 2234); turning a restating stream into
+    // them is the relay's part, followed end to end in relay/tests/api/billing.rs.
     let log = MemLog::new();
     let e = usage(&UsageSpec {
         tokens: [9_281, 1_200, 20_000, 3_000, 1_000],

@@ -72,15 +72,17 @@ fn quick() -> ProjectorOptions {
 /// Runs every projection with `run()` in background tasks until each checkpoint reaches
 /// the head, then stops them.
 pub async fn run_live(db: &sqlx::AnyPool, log: Arc<dyn EventLog>, ps: Vec<Arc<dyn Projection>>) {
-    run_live_with(db, log, ps, quick()).await
+    run_live_with(db, log, ps, quick(), async {}).await
 }
 
-/// [`run_live`] with options.
+/// [`run_live`] with options, while `fed` runs (events may still be arriving): the
+/// projectors start first, and the head they must reach is read once `fed` is done.
 pub async fn run_live_with(
     db: &sqlx::AnyPool,
     log: Arc<dyn EventLog>,
     ps: Vec<Arc<dyn Projection>>,
     opts: ProjectorOptions,
+    fed: impl std::future::Future<Output = ()>,
 ) {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -90,6 +92,7 @@ pub async fn run_live_with(
         let token = stop.clone();
         tasks.push(tokio::spawn(async move { projector.run(token).await }));
     }
+    fed.await;
     let head = log.head().await.unwrap();
     wait_for("projectors to catch up", || {
         let db = db.clone();
@@ -110,17 +113,20 @@ pub async fn run_live_with(
     }
 }
 
-/// Runs `ps` as one group with `run()` until every checkpoint reaches the head.
+/// Runs `ps` as one group with `run()` while `fed` runs, then until every checkpoint
+/// reaches the head as of the end of `fed`.
 pub async fn run_live_group(
     db: &sqlx::AnyPool,
     log: Arc<dyn EventLog>,
     ps: Vec<Arc<dyn Projection>>,
+    fed: impl std::future::Future<Output = ()>,
 ) {
     let names: Vec<&'static str> = ps.iter().map(|p| p.name()).collect();
     let projector = Projector::group(db.clone(), log.clone(), ps);
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move { projector.run(token).await });
+    fed.await;
     let head = log.head().await.unwrap();
     wait_for("the group to catch up", || {
         let db = db.clone();
