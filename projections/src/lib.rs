@@ -33,7 +33,7 @@ pub mod usage;
 pub use db::{connect, migrate, Backend};
 pub use error::Error;
 pub use pricing::PriceTable;
-pub use replay::{rebuild, reprice};
+pub use replay::{rebuild, reprice, reprice_with};
 pub use runner::{Lag, Projection, Projector, ProjectorOptions};
 
 use std::sync::Arc;

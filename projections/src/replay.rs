@@ -76,11 +76,22 @@ pub async fn reprice(
     prices: &PriceTable,
     from_day: NaiveDate,
 ) -> Result<Vec<RepriceDiff>, Error> {
+    reprice_with(db, prices, from_day, &mut |_, _| {}).await
+}
+
+/// [`reprice`] with a progress callback: `progress(done, total)` in ledger rows, after
+/// every row.
+pub async fn reprice_with(
+    db: &AnyPool,
+    prices: &PriceTable,
+    from_day: NaiveDate,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Vec<RepriceDiff>, Error> {
     let name = UsageProjection::NAME;
     let opts = ProjectorOptions::default();
     let holder = format!("reprice-{}", opts.holder);
     runner::lease_or_fail(db, name, &holder, opts.lease_ttl).await?;
-    let result = reprice_leased(db, prices, from_day, &holder, &opts).await;
+    let result = reprice_leased(db, prices, from_day, &holder, &opts, progress).await;
     runner::release_lease(db, name, &holder).await;
     result
 }
@@ -91,6 +102,7 @@ async fn reprice_leased(
     from_day: NaiveDate,
     holder: &str,
     opts: &ProjectorOptions,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Vec<RepriceDiff>, Error> {
     let day = from_day.format("%Y-%m-%d").to_string();
     let mut tx = db.begin().await?;
@@ -106,7 +118,9 @@ async fn reprice_leased(
     .fetch_all(&mut *tx)
     .await?;
     let mut diffs: BTreeMap<String, (u64, u64, i64, i64)> = BTreeMap::new();
-    for r in rows {
+    let total = rows.len() as u64;
+    progress(0, total);
+    for (done, r) in (1..).zip(rows) {
         let event_id: String = r.try_get(0)?;
         let tenant: String = r.try_get(1)?;
         let at_ms: i64 = r.try_get(2)?;
@@ -183,6 +197,7 @@ async fn reprice_leased(
             .execute(&mut *tx)
             .await?;
         }
+        progress(done, total);
     }
     // The totals of the affected days are recomputed from the ledger, which is the
     // same arithmetic the projection does incrementally.

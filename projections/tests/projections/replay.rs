@@ -92,14 +92,21 @@ async fn reprice_matches_a_rebuild_with_the_new_table(db: &TestDb) {
                 .or_default() += diff;
         }
     }
-    let diffs = projections::reprice(
+    let mut seen = Vec::new();
+    let diffs = projections::reprice_with(
         &db.pool,
         &table,
         NaiveDate::from_ymd_opt(2026, 11, 2).unwrap(),
+        &mut |done, total| seen.push((done, total)),
     )
     .await
     .unwrap();
     assert_eq!(diffs.len(), 2);
+    // Progress counts every repriced ledger row, from 0 to all of them.
+    let rows: u64 = diffs.iter().map(|d| d.events).sum();
+    assert_eq!(seen.first(), Some(&(0, rows)));
+    assert_eq!(seen.last(), Some(&(rows, rows)));
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
     for d in &diffs {
         let want = projections::money::nanos_to_usd(expected[&d.tenant]);
         assert_eq!(d.difference, want, "{}", d.tenant);

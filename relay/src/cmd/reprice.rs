@@ -1,6 +1,7 @@
 //! `relay reprice --from DATE`: recomputes the cost of every usage event from DATE
 //! (UTC) on with the current price table (`PRICE_TABLE` or the shipped one), rewrites
-//! the affected usage totals and prints the difference per tenant. Stop the usage
+//! the affected usage totals and prints the difference per tenant. On a terminal it
+//! shows progress on stderr (ledger rows done of total, rate, ETA). Stop the usage
 //! projector first (it holds a lease), and restart it with the same `PRICE_TABLE`.
 
 use super::Context;
@@ -14,7 +15,11 @@ pub async fn run(ctx: &Context, args: &RepriceArgs) -> anyhow::Result<()> {
     let from = NaiveDate::parse_from_str(&args.from, "%Y-%m-%d")
         .with_context(|| format!("--from {:?} is not a date (YYYY-MM-DD)", args.from))?;
     let prices = super::project::price_table(&ctx.common)?;
-    let diffs = projections::reprice(&ctx.db, &prices, from).await?;
+    let mut bar = super::rebuild::Progress::on_stderr();
+    let mut progress = |done: u64, total: u64| bar.update("reprice", done, total);
+    let diffs = projections::reprice_with(&ctx.db, &prices, from, &mut progress).await;
+    bar.finish(diffs.is_ok());
+    let diffs = diffs?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
