@@ -152,11 +152,12 @@ fn fold(row: &mut StatusRow, e: &StoredEvent) {
 
 async fn first_seen(tx: &mut AnyConnection, ids: &[String]) -> Result<HashSet<String>, Error> {
     let mut inserted = HashSet::with_capacity(ids.len());
-    for chunk in ids.chunks(sql::rows_per_statement(tx, 1)) {
+    let params = sql::Params::of(tx);
+    for chunk in ids.chunks(params.rows_per_statement(1)) {
         let text = format!(
             "INSERT INTO account_status_events (event_id) VALUES {} \
              ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            sql::values(chunk.len(), 1)
+            params.values(chunk.len(), 1)
         );
         let mut q = sqlx::query_as::<_, (String,)>(&text);
         for id in chunk {
@@ -211,10 +212,11 @@ impl Projection for AccountsProjection {
             return Ok(());
         }
         let mut rows: BTreeMap<String, StatusRow> = BTreeMap::new();
-        for chunk in accounts.chunks(sql::rows_per_statement(tx, 1)) {
+        let params = sql::Params::of(tx);
+        for chunk in accounts.chunks(params.rows_per_statement(1)) {
             let text = format!(
                 "SELECT {STATUS_COLUMNS} FROM account_status WHERE account IN ({})",
-                sql::list(1, chunk.len())
+                params.list(chunk.len())
             );
             let mut q = sqlx::query(&text);
             for a in chunk {
@@ -234,7 +236,8 @@ impl Projection for AccountsProjection {
             }
         }
         let entries: Vec<_> = rows.iter().collect();
-        for chunk in entries.chunks(sql::rows_per_statement(tx, 20)) {
+        let params = sql::Params::of(tx);
+        for chunk in entries.chunks(params.rows_per_statement(20)) {
             let text = format!(
                 "INSERT INTO account_status ({STATUS_COLUMNS}) VALUES {} \
                  ON CONFLICT (account) DO UPDATE SET state = excluded.state, \
@@ -252,7 +255,7 @@ impl Projection for AccountsProjection {
                  cache_write_tokens = excluded.cache_write_tokens, \
                  health_changes = excluded.health_changes, \
                  last_event_at_ms = excluded.last_event_at_ms",
-                sql::values(chunk.len(), 20)
+                params.values(chunk.len(), 20)
             );
             let mut q = sqlx::query(&text);
             for (account, r) in chunk {

@@ -73,11 +73,12 @@ impl Projection for AuditProjection {
                 rows.push((e, fields));
             }
         }
-        for chunk in rows.chunks(sql::rows_per_statement(tx, 16)) {
+        let params = sql::Params::of(tx);
+        for chunk in rows.chunks(params.rows_per_statement(16)) {
             let text = format!(
                 "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES {} \
                  ON CONFLICT (event_id) DO NOTHING",
-                sql::values(chunk.len(), 16)
+                params.values(chunk.len(), 16)
             );
             let mut q = sqlx::query(&text);
             for (e, fields) in chunk {

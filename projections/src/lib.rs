@@ -5,7 +5,8 @@
 //!
 //! Everything here runs on SQLite and PostgreSQL through `sqlx::Any` with the same SQL
 //! text (`$N` placeholders, hand-written statements, BIGINT nanodollars, BIGINT epoch ms
-//! plus TEXT UTC days). Projections are deterministic: `apply` reads no clock, no
+//! plus TEXT UTC days); only the generated multi-row statements spell their parameters
+//! per backend (`?` on SQLite, see `sql::Params`). Projections are deterministic: `apply` reads no clock, no
 //! network, no environment and no random numbers, so a rebuild yields identical rows.
 //!
 //! Layout:

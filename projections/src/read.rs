@@ -514,6 +514,7 @@ pub async fn request_log(
         .into_iter()
         .collect();
     let mut usage: BTreeMap<String, [i64; 6]> = BTreeMap::new();
+    let params = crate::sql::Params::of_pool(db)?;
     for chunk in ids.chunks(500) {
         let text = format!(
             "SELECT request_id, CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), \
@@ -521,7 +522,7 @@ pub async fn request_log(
              CAST(SUM(cache_write_5m_tokens + cache_write_1h_tokens) AS BIGINT), \
              CAST(SUM(cost_nanos) AS BIGINT) FROM usage_ledger \
              WHERE request_id IN ({}) GROUP BY request_id",
-            crate::sql::list(1, chunk.len())
+            params.list(chunk.len())
         );
         let mut q = sqlx::query(&text);
         for id in chunk {

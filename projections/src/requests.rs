@@ -68,11 +68,12 @@ impl Projection for RequestsProjection {
                 rows.push((e, env, r));
             }
         }
-        for chunk in rows.chunks(sql::rows_per_statement(tx, 20)) {
+        let params = sql::Params::of(tx);
+        for chunk in rows.chunks(params.rows_per_statement(20)) {
             let text = format!(
                 "INSERT INTO request_log ({REQUEST_COLUMNS}) VALUES {} \
                  ON CONFLICT (event_id) DO NOTHING",
-                sql::values(chunk.len(), 20)
+                params.values(chunk.len(), 20)
             );
             let mut q = sqlx::query(&text);
             for (e, env, r) in chunk {

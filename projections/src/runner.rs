@@ -14,13 +14,15 @@
 //! clock for the lease; projections never do.
 
 use crate::Error;
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use ingest::{EventLog, LogError, Position, StoredEvent};
 use sqlx::{AnyConnection, AnyPool};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// A read model built from the event log.
 ///
@@ -440,7 +442,14 @@ impl Projector {
             return Ok(low(&at));
         }
         let stream = self.log.subscribe(low(&at), None).await?;
-        let mut chunks = stream.ready_chunks(self.opts.batch_size.max(1));
+        let chunks = stream.ready_chunks(self.opts.batch_size.max(1));
+        // Catching up, the log is read and decoded on a task of its own, up to two
+        // batches ahead, while the current batch is written. A live runner reads on
+        // demand, so that its linger lets events accumulate.
+        let (mut chunks, _reader) = match target {
+            Some(_) => read_ahead(chunks, 2),
+            None => (chunks.boxed(), None),
+        };
         let mut renew =
             tokio::time::interval((self.opts.lease_ttl / 3).max(Duration::from_millis(10)));
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -520,17 +529,25 @@ impl Projector {
         // The lease renewal goes first: it takes SQLite's write lock at the start of
         // the transaction and fences out a runner whose lease was taken over.
         self.renew_in(&mut tx).await?;
+        let in_order = events.windows(2).all(|w| w[0].position < w[1].position);
         let mut next = at.clone();
         for ((p, from), to) in self.projections.iter().zip(&at).zip(next.iter_mut()) {
             if last <= *from {
                 continue;
             }
-            let fresh: Vec<StoredEvent> = events
-                .iter()
-                .filter(|e| e.position > *from)
-                .cloned()
-                .collect();
-            p.apply_batch(&mut tx, &fresh).await?;
+            // Logs deliver in position order, so the events a member has not seen are a
+            // suffix of the batch; copy only if an out-of-order log ever breaks that.
+            if in_order {
+                let start = events.partition_point(|e| e.position <= *from);
+                p.apply_batch(&mut tx, &events[start..]).await?;
+            } else {
+                let fresh: Vec<StoredEvent> = events
+                    .iter()
+                    .filter(|e| e.position > *from)
+                    .cloned()
+                    .collect();
+                p.apply_batch(&mut tx, &fresh).await?;
+            }
             if !advance_checkpoint(&mut tx, p.name(), last).await? {
                 return Err(Error::CheckpointConflict(p.name().to_owned()));
             }
@@ -593,6 +610,31 @@ impl Projector {
             release_lease(&self.db, p.name(), &self.opts.holder).await;
         }
     }
+}
+
+/// Polls `chunks` on a task of its own, at most `ahead` chunks ahead of the returned
+/// stream (whole chunks cross over, so the two sides wake each other once per chunk).
+/// The task stops when the returned handle is dropped.
+fn read_ahead<S>(
+    mut chunks: S,
+    ahead: usize,
+) -> (BoxStream<'static, S::Item>, Option<AbortOnDropHandle<()>>)
+where
+    S: Stream + Send + Unpin + 'static,
+    S::Item: Send,
+{
+    let (tx, rx) = mpsc::channel(ahead.max(1));
+    let task = tokio::spawn(async move {
+        while let Some(chunk) = chunks.next().await {
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (chunks.boxed(), Some(AbortOnDropHandle::new(task)))
 }
 
 /// Runs `projections` as one group (one subscription, one task) until `shutdown`.

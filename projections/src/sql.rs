@@ -1,50 +1,95 @@
 //! Small helpers for hand-written, portable SQL.
 
 use chrono::{DateTime, Utc};
+use std::fmt::Write as _;
 
-/// Rows per multi-row statement of `cols` columns on `conn`'s backend.
-///
-/// SQLite resolves `$N` parameters by name with a linear scan, so a statement's bind
-/// cost grows with the square of its parameter count: keep it near 300 there.
-/// PostgreSQL binds by position; 8000 parameters per statement saves round trips and
-/// stays far below its 65535 limit.
-pub(crate) fn rows_per_statement(conn: &sqlx::AnyConnection, cols: usize) -> usize {
-    let budget = if conn.backend_name().eq_ignore_ascii_case("postgresql") {
-        8_000
-    } else {
-        300
-    };
-    (budget / cols.max(1)).max(1)
+/// How a backend spells bind parameters in the multi-row statements built here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Params {
+    /// `$1, $2, …` (PostgreSQL, which binds by position).
+    Numbered,
+    /// `?, ?, …` (SQLite). sqlx resolves a *named* SQLite parameter (`$N`, `?N`) by
+    /// asking SQLite for its name, a linear scan of the statement's names, so binding
+    /// n of them costs n²/2 string comparisons (a third of a replay's CPU at 300 per
+    /// statement). Anonymous parameters bind in order at constant cost.
+    Anonymous,
 }
 
-/// `($1,$2,…),(…)` for `rows` rows of `cols` columns.
-pub(crate) fn values(rows: usize, cols: usize) -> String {
-    let mut s = String::with_capacity(rows * cols * 5);
-    let mut n = 1;
-    for r in 0..rows {
-        if r > 0 {
-            s.push(',');
+impl Params {
+    /// The style of `conn`'s backend.
+    pub(crate) fn of(conn: &sqlx::AnyConnection) -> Self {
+        Self::for_backend(conn.backend_name())
+    }
+
+    /// The style of `pool`'s backend.
+    pub(crate) fn of_pool(pool: &sqlx::AnyPool) -> Result<Self, crate::Error> {
+        Ok(match crate::Backend::of(pool)? {
+            crate::Backend::Postgres => Params::Numbered,
+            crate::Backend::Sqlite => Params::Anonymous,
+        })
+    }
+
+    /// The style of a backend named as sqlx names it (`"PostgreSQL"`, `"SQLite"`).
+    pub(crate) fn for_backend(name: &str) -> Self {
+        if name.eq_ignore_ascii_case("postgresql") {
+            Params::Numbered
+        } else {
+            Params::Anonymous
         }
-        s.push('(');
-        for c in 0..cols {
-            if c > 0 {
+    }
+
+    /// Rows per multi-row statement of `cols` columns.
+    ///
+    /// Both backends bind in linear time with these styles; big statements save round
+    /// trips (to SQLite's worker thread, or to the PostgreSQL server). PostgreSQL
+    /// allows 65535 parameters and SQLite (3.32+) 32766; 8000 stays far below both.
+    pub(crate) fn rows_per_statement(self, cols: usize) -> usize {
+        (8_000 / cols.max(1)).max(1)
+    }
+
+    /// `($1,$2,…),(…)` or `(?,?,…),(…)` for `rows` rows of `cols` columns; the only
+    /// parameters of the statement.
+    pub(crate) fn values(self, rows: usize, cols: usize) -> String {
+        let mut s = String::with_capacity(rows * cols * 6);
+        let mut n = 1;
+        for r in 0..rows {
+            if r > 0 {
                 s.push(',');
             }
-            s.push('$');
-            s.push_str(&n.to_string());
-            n += 1;
+            s.push('(');
+            for c in 0..cols {
+                if c > 0 {
+                    s.push(',');
+                }
+                self.push(&mut s, n);
+                n += 1;
+            }
+            s.push(')');
         }
-        s.push(')');
+        s
     }
-    s
-}
 
-/// `$start,$start+1,…` (`count` placeholders), for `IN (…)` lists.
-pub(crate) fn list(start: usize, count: usize) -> String {
-    (start..start + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    /// `$1,$2,…` or `?,?,…` (`count` placeholders), for an `IN (…)` list that is the
+    /// statement's only parameters.
+    pub(crate) fn list(self, count: usize) -> String {
+        let mut s = String::with_capacity(count * 6);
+        for n in 1..=count {
+            if n > 1 {
+                s.push(',');
+            }
+            self.push(&mut s, n);
+        }
+        s
+    }
+
+    fn push(self, s: &mut String, n: usize) {
+        match self {
+            Params::Numbered => {
+                let _ = write!(s, "${n}");
+            }
+            Params::Anonymous => s.push('?'),
+        }
+    }
 }
 
 /// The UTC day of a timestamp, `YYYY-MM-DD`.
@@ -77,7 +122,11 @@ mod tests {
 
     #[test]
     fn placeholders() {
-        assert_eq!(values(2, 2), "($1,$2),($3,$4)");
-        assert_eq!(list(3, 2), "$3,$4");
+        assert_eq!(Params::Numbered.values(2, 2), "($1,$2),($3,$4)");
+        assert_eq!(Params::Anonymous.values(2, 2), "(?,?),(?,?)");
+        assert_eq!(Params::Numbered.list(2), "$1,$2");
+        assert_eq!(Params::Anonymous.list(3), "?,?,?");
+        assert_eq!(Params::for_backend("PostgreSQL"), Params::Numbered);
+        assert_eq!(Params::for_backend("SQLite"), Params::Anonymous);
     }
 }

@@ -16,7 +16,7 @@ use crate::{money, Error};
 use ingest::StoredEvent;
 use schema::Event;
 use sqlx::AnyConnection;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// The usage ledger and totals, priced with a fixed [`PriceTable`].
@@ -148,30 +148,36 @@ impl UsageProjection {
     }
 }
 
-/// Inserts ledger rows, skipping ids already stored; returns the ids inserted.
-async fn insert_ledger(
-    tx: &mut AnyConnection,
-    rows: &[LedgerRow],
-) -> Result<HashSet<String>, Error> {
-    let mut inserted = HashSet::with_capacity(rows.len());
-    for chunk in rows.chunks(sql::rows_per_statement(tx, LEDGER_WIDTH)) {
+/// Inserts ledger rows, skipping ids already stored; returns, per row, whether it was
+/// inserted. `rows` hold distinct ids.
+///
+/// The statements return no rows (a `RETURNING` clause streams one row per insert
+/// back from SQLite's worker thread, a third of a replay's cost). When a statement
+/// inserts fewer rows than it holds, a stored row of the same id at another position
+/// is an earlier copy of the event: the checkpoint, advanced in the same
+/// transaction, keeps a position from being applied twice, so a row stored at *our*
+/// position was inserted by this statement.
+async fn insert_ledger(tx: &mut AnyConnection, rows: &[LedgerRow]) -> Result<Vec<bool>, Error> {
+    let mut inserted = Vec::with_capacity(rows.len());
+    let params = sql::Params::of(tx);
+    for chunk in rows.chunks(params.rows_per_statement(LEDGER_WIDTH)) {
         let text = format!(
             "INSERT INTO usage_ledger ({LEDGER_COLUMNS}) VALUES {} \
-             ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            sql::values(chunk.len(), LEDGER_WIDTH)
+             ON CONFLICT (event_id) DO NOTHING",
+            params.values(chunk.len(), LEDGER_WIDTH)
         );
-        let mut q = sqlx::query_as::<_, (String,)>(&text);
+        let mut q = sqlx::query(&text);
         for r in chunk {
             q = q
-                .bind(r.event_id.clone())
+                .bind(r.event_id.as_str())
                 .bind(r.position)
                 .bind(r.occurred_at_ms)
-                .bind(r.day.clone())
-                .bind(r.tenant.clone())
-                .bind(r.api_key.clone())
-                .bind(r.account.clone())
-                .bind(r.model.clone())
-                .bind(r.request_id.clone())
+                .bind(r.day.as_str())
+                .bind(r.tenant.as_str())
+                .bind(r.api_key.as_str())
+                .bind(r.account.as_str())
+                .bind(r.model.as_str())
+                .bind(r.request_id.as_str())
                 .bind(r.attempt)
                 .bind(r.status)
                 .bind(r.stream);
@@ -181,21 +187,37 @@ async fn insert_ledger(
             q = q
                 .bind(r.web_search)
                 .bind(r.web_fetch)
-                .bind(r.service_tier.clone())
-                .bind(r.speed.clone())
-                .bind(r.inference_geo.clone())
-                .bind(r.completeness.clone())
-                .bind(r.price_version.clone())
-                .bind(r.price_key.clone())
+                .bind(r.service_tier.as_str())
+                .bind(r.speed.as_str())
+                .bind(r.inference_geo.as_str())
+                .bind(r.completeness.as_str())
+                .bind(r.price_version.as_str())
+                .bind(r.price_key.as_str())
                 .bind(r.fallback);
             for u in &r.unit {
-                q = q.bind(u.clone());
+                q = q.bind(u.as_str());
             }
             q = q.bind(r.cost_nanos);
         }
-        for (id,) in q.fetch_all(&mut *tx).await? {
-            inserted.insert(id);
+        let done = q.execute(&mut *tx).await?;
+        if usize::try_from(done.rows_affected()).ok() == Some(chunk.len()) {
+            inserted.extend(std::iter::repeat_n(true, chunk.len()));
+            continue;
         }
+        let text = format!(
+            "SELECT event_id, position FROM usage_ledger WHERE event_id IN ({})",
+            params.list(chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, i64)>(&text);
+        for r in chunk {
+            q = q.bind(r.event_id.as_str());
+        }
+        let stored: HashMap<String, i64> = q.fetch_all(&mut *tx).await?.into_iter().collect();
+        inserted.extend(
+            chunk
+                .iter()
+                .map(|r| stored.get(&r.event_id) == Some(&r.position)),
+        );
     }
     Ok(inserted)
 }
@@ -206,7 +228,8 @@ pub(crate) async fn add_totals(
     sums: &BTreeMap<TotalsKey, Sums>,
 ) -> Result<(), Error> {
     let entries: Vec<_> = sums.iter().collect();
-    for chunk in entries.chunks(sql::rows_per_statement(tx, 13)) {
+    let params = sql::Params::of(tx);
+    for chunk in entries.chunks(params.rows_per_statement(13)) {
         let text = format!(
             "INSERT INTO usage_totals (day, tenant, api_key, account, model, requests, \
              input_tokens, output_tokens, cache_read_tokens, cache_write_5m_tokens, \
@@ -220,16 +243,16 @@ pub(crate) async fn add_totals(
              cache_write_1h_tokens = usage_totals.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
              cost_nanos = usage_totals.cost_nanos + excluded.cost_nanos, \
              fallback_requests = usage_totals.fallback_requests + excluded.fallback_requests",
-            sql::values(chunk.len(), 13)
+            params.values(chunk.len(), 13)
         );
         let mut q = sqlx::query(&text);
         for ((day, tenant, key, account, model), s) in chunk {
             q = q
-                .bind(day.clone())
-                .bind(tenant.clone())
-                .bind(key.clone())
-                .bind(account.clone())
-                .bind(model.clone())
+                .bind(day.as_str())
+                .bind(tenant.as_str())
+                .bind(key.as_str())
+                .bind(account.as_str())
+                .bind(model.as_str())
                 .bind(s.requests);
             for t in s.tokens {
                 q = q.bind(t);
@@ -281,7 +304,7 @@ impl Projection for UsageProjection {
         }
         let inserted = insert_ledger(tx, &rows).await?;
         let mut sums: BTreeMap<TotalsKey, Sums> = BTreeMap::new();
-        for r in rows.iter().filter(|r| inserted.contains(&r.event_id)) {
+        for (r, _) in rows.iter().zip(inserted).filter(|(_, new)| *new) {
             sums.entry(totals_key(r)).or_default().add(r);
         }
         add_totals(tx, &sums).await
