@@ -15,6 +15,7 @@ use schema::{
 use uuid::Uuid;
 
 use super::processes::start_nats;
+use super::procfs;
 
 /// Events per append batch.
 const BATCH: u64 = 1000;
@@ -52,8 +53,42 @@ fn usage_event(i: u64) -> Result<Envelope> {
     .with_account(Some(account)))
 }
 
-async fn fill(log: &dyn EventLog, n: u64) -> Result<Duration> {
-    let started = Instant::now();
+/// Wall time, this process's CPU time (all threads) and the machine's 1-minute load
+/// average at the end of a phase: on a shared machine the CPU time is the steadier
+/// figure.
+struct Phase {
+    wall: Duration,
+    cpu: Duration,
+    load: String,
+}
+
+impl Phase {
+    async fn measure<F: std::future::Future<Output = Result<()>>>(work: F) -> Result<Phase> {
+        let cpu = || procfs::cpu_us(std::process::id()).unwrap_or(0);
+        let (started, cpu_before) = (Instant::now(), cpu());
+        work.await?;
+        Ok(Phase {
+            wall: started.elapsed(),
+            cpu: Duration::from_micros(cpu().saturating_sub(cpu_before)),
+            load: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+                .unwrap_or_default(),
+        })
+    }
+
+    fn row(&self, operation: &str, n: u64) -> String {
+        format!(
+            "| {operation} | {n} | {:.1} | {} | {:.1} | {} |\n",
+            self.wall.as_secs_f64(),
+            rate(n, self.wall),
+            self.cpu.as_secs_f64(),
+            self.load
+        )
+    }
+}
+
+async fn fill(log: &dyn EventLog, n: u64) -> Result<()> {
     let mut i = 0;
     while i < n {
         let batch: Vec<Envelope> = (i..(i + BATCH).min(n))
@@ -62,19 +97,21 @@ async fn fill(log: &dyn EventLog, n: u64) -> Result<Duration> {
         log.append_batch(&batch).await?;
         i += BATCH;
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
-async fn rebuild_usage(db_url: &str, log: Arc<dyn EventLog>) -> Result<Duration> {
+async fn rebuild_usage(db_url: &str, log: Arc<dyn EventLog>) -> Result<Phase> {
     let db = projections::connect(db_url).await?;
     projections::migrate(&db).await?;
     let prices = Arc::new(projections::PriceTable::embedded()?);
     let all = projections::all(prices);
-    let started = Instant::now();
-    projections::rebuild(&db, log, &all, "usage", &mut |_, _| {}).await?;
-    let took = started.elapsed();
+    let phase = Phase::measure(async {
+        projections::rebuild(&db, log, &all, "usage", &mut |_, _| {}).await?;
+        Ok(())
+    })
+    .await;
     db.close().await;
-    Ok(took)
+    phase
 }
 
 fn rate(n: u64, d: Duration) -> String {
@@ -86,58 +123,52 @@ pub async fn run(n: u64) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### 5. Event log and replay throughput ({n} generated usage events)\n\nAppends in batches of {BATCH}. Rebuild = `projections::rebuild(…, \"usage\")` (reset, then replay the SQLite log to its head into the ledger and totals, with pricing).\n\n| operation | events | seconds | events/s |\n|---|---|---|---|"
+        "\n### 5. Event log and replay throughput ({n} generated usage events)\n\nAppends in batches of {BATCH}. Rebuild = `projections::rebuild(…, \"usage\")` (reset, then replay the SQLite log to its head into the ledger and totals, with pricing). Process CPU = this process's user + system time over the phase (all its threads; not the PostgreSQL server's or nats-server's); load = the machine's 1-minute load average at the end of the phase.\n\n| operation | events | seconds | events/s | process CPU s | load |\n|---|---|---|---|---|---|"
     );
     let dir = tempfile::tempdir()?;
     let log = Arc::new(ingest::sqlite::SqliteLog::open(&dir.path().join("events.db")).await?);
-    let took = fill(log.as_ref(), n)
+    let phase = Phase::measure(fill(log.as_ref(), n))
         .await
         .context("append to the SQLite log")?;
-    let _ = writeln!(
-        out,
-        "| append, embedded SQLite log | {n} | {:.1} | {} |",
-        took.as_secs_f64(),
-        rate(n, took)
-    );
+    out.push_str(&phase.row("append, embedded SQLite log", n));
 
     match start_nats().await {
         Ok(nats) => {
             match nats::JetStreamLog::connect(&nats.url, nats::StreamSettings::default()).await {
-                Ok(js) => match fill(&js, n).await {
-                    Ok(took) => {
-                        let _ = writeln!(out, "| publish with acks, JetStream (nats-server, file storage) | {n} | {:.1} | {} |", took.as_secs_f64(), rate(n, took));
-                    }
+                Ok(js) => match Phase::measure(fill(&js, n)).await {
+                    Ok(phase) => out.push_str(&phase.row(
+                        "publish with acks, JetStream (nats-server, file storage)",
+                        n,
+                    )),
                     Err(e) => {
-                        let _ = writeln!(out, "| publish, JetStream | failed: {e:#} | | |");
+                        let _ = writeln!(out, "| publish, JetStream | failed: {e:#} | | | | |");
                     }
                 },
                 Err(e) => {
-                    let _ = writeln!(out, "| publish, JetStream | not run: {e} | | |");
+                    let _ = writeln!(out, "| publish, JetStream | not run: {e} | | | | |");
                 }
             }
         }
         Err(e) => {
-            let _ = writeln!(out, "| publish, JetStream | not run: {e:#} | | |");
+            let _ = writeln!(out, "| publish, JetStream | not run: {e:#} | | | | |");
         }
     }
 
     let sqlite_url = format!("sqlite://{}", dir.path().join("read.db").display());
-    let took = rebuild_usage(&sqlite_url, log.clone())
+    let phase = rebuild_usage(&sqlite_url, log.clone())
         .await
         .context("rebuild on SQLite")?;
-    let _ = writeln!(
-        out,
-        "| rebuild `usage`, SQLite read model | {n} | {:.1} | {} |",
-        took.as_secs_f64(),
-        rate(n, took)
-    );
+    out.push_str(&phase.row("rebuild `usage`, SQLite read model", n));
 
     let admin_url = std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     match postgres_rebuild(&admin_url, log.clone(), n).await {
         Ok(row) => out.push_str(&row),
         Err(e) => {
-            let _ = writeln!(out, "| rebuild `usage`, PostgreSQL | not run: {e:#} | | |");
+            let _ = writeln!(
+                out,
+                "| rebuild `usage`, PostgreSQL | not run: {e:#} | | | | |"
+            );
         }
     }
     log.close().await;
@@ -159,10 +190,5 @@ async fn postgres_rebuild(admin_url: &str, log: Arc<dyn EventLog>, n: u64) -> Re
         .execute(&admin)
         .await;
     admin.close().await;
-    let took = result?;
-    Ok(format!(
-        "| rebuild `usage`, PostgreSQL read model | {n} | {:.1} | {} |\n",
-        took.as_secs_f64(),
-        rate(n, took)
-    ))
+    Ok(result?.row("rebuild `usage`, PostgreSQL read model", n))
 }
