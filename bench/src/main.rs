@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use harness::processes::sibling_binary;
+use harness::processes::{sibling_binary, LIMITED_KEY_LIMITS};
 use harness::scenarios::{Bench, Sizes};
 
 /// Command line.
@@ -41,12 +41,15 @@ struct Cli {
     /// Also write the markdown report to this file.
     #[arg(long, global = true)]
     out: Option<PathBuf>,
+    /// Scenario 7: the arguments of `relay keys limits <id>` for the `bench-limited` key.
+    #[arg(long, global = true, allow_hyphen_values = true, default_value = LIMITED_KEY_LIMITS)]
+    key_limits: String,
 }
 
 /// Scenarios (numbers as in the benchmark issue).
 #[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
 enum Scenario {
-    /// 1, 6, 2, 3, 4 and 5.
+    /// 1, 6, 7, 2, 3, 4 and 5.
     All,
     /// 1: added latency at concurrency 1.
     Latency,
@@ -60,6 +63,9 @@ enum Scenario {
     Pipeline,
     /// 5: event-log append and projection replay throughput (no relay needed).
     Replay,
+    /// 7: scenario 1 and throughput at c=32 with and without limits on the key
+    /// (direct / relay / relay with limits, interleaved on one relay).
+    Limits,
 }
 
 fn machine() -> String {
@@ -90,15 +96,19 @@ async fn run(cli: &Cli) -> Result<String> {
         })
     };
     let sizes = if cli.quick { Sizes::QUICK } else { Sizes::FULL };
-    let mut bench = Bench::start(sizes, mock_bin, relay_bin)
+    let s = cli.scenario;
+    let limited = matches!(s, Scenario::All | Scenario::Limits).then(|| cli.key_limits.clone());
+    let mut bench = Bench::start(sizes, mock_bin, relay_bin, limited)
         .await
         .context("start the mock and the relay")?;
-    let s = cli.scenario;
     if matches!(s, Scenario::All | Scenario::Latency) {
         bench.latency(false).await?;
     }
     if matches!(s, Scenario::All | Scenario::Large) {
         bench.latency(true).await?;
+    }
+    if matches!(s, Scenario::All | Scenario::Limits) {
+        bench.limits().await?;
     }
     if matches!(s, Scenario::All | Scenario::Throughput) {
         bench.throughput().await?;

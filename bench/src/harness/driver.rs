@@ -35,12 +35,20 @@ pub fn client() -> HttpClient {
 /// Where requests go: the mock directly, or the relay.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// `direct` or `relay`.
+    /// `direct`, `relay` or `relay+limits`.
     pub name: &'static str,
     /// Full URL of `POST /v1/messages`.
     pub uri: Uri,
     /// Credential sent as `x-api-key`.
     pub key: String,
+}
+
+impl Target {
+    /// Whether requests go through the relay (`relay`, `relay+limits`), so its CPU and
+    /// memory belong to the phase.
+    pub fn through_relay(&self) -> bool {
+        self.name.starts_with("relay")
+    }
 }
 
 /// What each request sends and how the answer is checked.

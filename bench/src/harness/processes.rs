@@ -138,6 +138,9 @@ pub struct Relay {
     pub key: String,
     /// A second key, tenant `probe`, for the pipeline probe.
     pub probe_key: String,
+    /// A third key, tenant `default`, with limits set so high that nothing is refused
+    /// ([`LIMITED_KEY_LIMITS`] by default); `Err` says why there is none.
+    pub limited_key: std::result::Result<String, String>,
     /// The relay's read-model database.
     pub db_url: String,
     /// Kept so the data directory lives as long as the relay.
@@ -192,6 +195,38 @@ fn run_cli(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The limits set on the `bench-limited` key by default (`relay keys limits <id> …`):
+/// every check runs on each request (model pattern, rpm bucket, concurrency permit, daily
+/// and total budget reservations), none is reached.
+pub const LIMITED_KEY_LIMITS: &str = "--rpm 1000000 --max-concurrency 100000 \
+     --daily-budget-usd 1000000 --total-budget-usd 1000000 --allowed-models claude-*";
+
+/// Creates the `bench-limited` key and sets `limits` (arguments of `relay keys limits`,
+/// split at whitespace) on it; returns the key.
+fn create_limited_key(
+    bin: &Path,
+    dir: &Path,
+    env: &[(&str, String)],
+    limits: &str,
+) -> Result<String> {
+    let out = run_cli(
+        bin,
+        dir,
+        env,
+        &["keys", "create", "--name", "bench-limited"],
+        None,
+    )?;
+    // "created key key_… for tenant default (shown once):", then the key alone.
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("key_"))
+        .ok_or_else(|| anyhow!("relay keys create printed no key id: {out}"))?;
+    let mut args = vec!["keys", "limits", id];
+    args.extend(limits.split_whitespace());
+    run_cli(bin, dir, env, &args, None)?;
+    last_line(&out)
+}
+
 fn last_line(out: &str) -> Result<String> {
     Ok(out
         .lines()
@@ -203,13 +238,14 @@ fn last_line(out: &str) -> Result<String> {
 }
 
 /// Sets up a fresh relay (temp DATA_DIR, one account at `upstream_url` with
-/// `upstream_key`, a client key and a probe key) and starts `relay serve` with the extra
-/// environment `env` (e.g. `NATS_URL`).
+/// `upstream_key`, a client key, a probe key and, with `limited` (arguments of `relay
+/// keys limits`), the `bench-limited` key) and starts `relay serve` with the extra environment `env` (e.g. `NATS_URL`).
 pub async fn start_relay(
     bin: &Path,
     upstream_url: &str,
     upstream_key: &str,
     env: &[(&str, String)],
+    limited: Option<&str>,
 ) -> Result<Relay> {
     if !bin.exists() {
         bail!(
@@ -247,6 +283,10 @@ pub async fn start_relay(
         &["keys", "create", "--name", "probe", "--tenant", "probe"],
         None,
     )?)?;
+    let limited_key = match limited {
+        Some(limits) => create_limited_key(bin, dir, env, limits).map_err(|e| format!("{e:#}")),
+        None => Err("not requested".to_owned()),
+    };
     let db_url = format!("sqlite://{}", dir.join("relay.db").display());
     let port = free_port()?;
     let log = std::fs::File::create(data_dir.path().join("relay.log"))?;
@@ -263,9 +303,9 @@ pub async fn start_relay(
         .stderr(log)
         .spawn()
         .with_context(|| format!("spawn {} serve", bin.display()))?;
-    let guard = Guard { child };
+    let mut guard = Guard { child };
     let base_url = format!("http://127.0.0.1:{port}");
-    wait_healthy(&base_url, Duration::from_secs(30))
+    wait_healthy(&base_url, &mut guard, Duration::from_secs(30))
         .await
         .with_context(|| {
             let log =
@@ -277,12 +317,14 @@ pub async fn start_relay(
         base_url,
         key,
         probe_key,
+        limited_key,
         db_url,
         data_dir,
     })
 }
 
-async fn wait_healthy(base_url: &str, timeout: Duration) -> Result<()> {
+/// Waits for `GET /health` = 200; gives up when the relay exits or after `timeout`.
+async fn wait_healthy(base_url: &str, relay: &mut Guard, timeout: Duration) -> Result<()> {
     let client = super::driver::client();
     let uri: http::Uri = format!("{base_url}/health").parse()?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -292,6 +334,9 @@ async fn wait_healthy(base_url: &str, timeout: Duration) -> Result<()> {
             if resp.status() == http::StatusCode::OK {
                 return Ok(());
             }
+        }
+        if let Some(status) = relay.exited() {
+            bail!("the relay exited ({status}) before GET /health answered 200");
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("GET /health did not answer 200 within {timeout:?}");

@@ -17,6 +17,8 @@ use super::workload;
 
 /// The upstream key the relay's account (and the direct target) uses.
 const UPSTREAM_KEY: &str = "sk-ant-api03-bench-upstream-key";
+/// `JWT_SECRET` of the JetStream relay (scale mode requires one, ≥ 32 characters).
+const JWT_SECRET: &str = "bench-jwt-secret-not-for-production-use-0123456789";
 
 /// Run sizes: `--quick` (CI smoke, < 2 min) or full.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +39,11 @@ pub struct Sizes {
     pub stream_steps: &'static [usize],
     /// Pacing of held streams (20 deltas each).
     pub hold_interval: Duration,
+    /// Concurrency-1 rounds per target of the limits scenario (even: each order of the
+    /// two relay targets equally often).
+    pub limits_rounds: usize,
+    /// Closed-loop rounds (one step per target each) of the limits scenario.
+    pub limits_steps: usize,
 }
 
 impl Sizes {
@@ -50,6 +57,8 @@ impl Sizes {
         streams_per_round: 10,
         stream_steps: &[100, 400],
         hold_interval: Duration::from_millis(20),
+        limits_rounds: 4,
+        limits_steps: 1,
     };
     /// Full-run sizes.
     pub const FULL: Sizes = Sizes {
@@ -61,6 +70,8 @@ impl Sizes {
         streams_per_round: 40,
         stream_steps: &[250, 500, 1000, 2000],
         hold_interval: Duration::from_millis(50),
+        limits_rounds: 14,
+        limits_steps: 2,
     };
 }
 
@@ -82,6 +93,8 @@ pub struct Bench {
     pub idle_rss_kib: Option<u64>,
     /// How long the relay stayed busy after phases (only waits over 0.45 s).
     settle_waits: Vec<Duration>,
+    /// The limits of the `bench-limited` key, if it was created.
+    key_limits: Option<String>,
 }
 
 fn target(name: &'static str, base: &str, key: &str) -> Result<Target> {
@@ -140,7 +153,7 @@ struct RelayLoad {
 impl RelayLoad {
     /// Adds a phase (a relay phase: direct ones have no relay CPU).
     fn add(&mut self, t: &Target, ph: &Phase) {
-        if t.name == "relay" {
+        if t.through_relay() {
             self.cpu_us += ph.relay_cpu_us;
             self.wall += ph.rec.elapsed;
         }
@@ -159,6 +172,88 @@ struct StreamRounds {
     load: RelayLoad,
 }
 
+/// Interleaved rounds at concurrency 1 over several targets (index 0 = direct).
+struct C1Rounds {
+    /// Per target: every sample of every round.
+    merged: Vec<Recorder>,
+    /// Per target: each round's p50 (µs).
+    p50s: Vec<Vec<u64>>,
+    /// Per target: each round's p99 (µs).
+    p99s: Vec<Vec<u64>>,
+    /// Per target: the relay's CPU over the target's phases (µs; 0 for direct).
+    cpu_us: Vec<u64>,
+}
+
+impl C1Rounds {
+    /// The relay's CPU per request of target `i` (µs), if it goes through the relay.
+    fn cpu_per_req(&self, i: usize, t: &Target) -> Option<f64> {
+        let rec = &self.merged[i];
+        (t.through_relay() && rec.ok > 0).then(|| self.cpu_us[i] as f64 / rec.attempts() as f64)
+    }
+
+    /// Per round: quantile of target `i` − the same quantile of target `j` (µs).
+    fn diffs(per_round: &[Vec<u64>], i: usize, j: usize) -> Vec<f64> {
+        per_round[i]
+            .iter()
+            .zip(&per_round[j])
+            .map(|(a, b)| *a as f64 - *b as f64)
+            .collect()
+    }
+
+    /// Median and IQR over rounds of (target `i` − target `j`) at p50 and p99 (µs).
+    fn added(&self, i: usize, j: usize) -> [(f64, f64, f64); 2] {
+        [&self.p50s, &self.p99s].map(|v| {
+            let mut d = Self::diffs(v, i, j);
+            let (a, b) = iqr(&mut d);
+            (median(&mut d), a, b)
+        })
+    }
+}
+
+/// "p50 +x ms [a … b], p99 +y ms [c … d]" from [`C1Rounds::added`].
+fn added_text(added: [(f64, f64, f64); 2]) -> String {
+    let [(m50, a50, b50), (m99, a99, b99)] = added;
+    format!(
+        "p50 {} ms [{} … {}], p99 {} ms [{} … {}]",
+        signed_ms(m50),
+        signed_ms(a50),
+        signed_ms(b50),
+        signed_ms(m99),
+        signed_ms(a99),
+        signed_ms(b99)
+    )
+}
+
+/// `a ÷ b` as "1.03×", or "n/a" when `b` is not positive.
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// The order of the targets in round `round`: direct first, then the others, reversed
+/// every other round with `alternate` (so no relay target always runs right after direct).
+fn round_order(round: usize, n: usize, alternate: bool) -> Vec<usize> {
+    let mut rest: Vec<usize> = (1..n).collect();
+    if alternate && round % 2 == 1 {
+        rest.reverse();
+    }
+    std::iter::once(0).chain(rest).take(n).collect()
+}
+
+/// Small non-streaming requests (scenarios 1, 2 and 7).
+fn small_work() -> Workload {
+    Workload {
+        body: workload::small(false),
+        headers: Vec::new(),
+        stream: false,
+        expected_events: 0,
+        stall_after: None,
+    }
+}
+
 /// One measured phase: the recorder plus the relay's CPU and RSS over it.
 struct Phase {
     rec: Recorder,
@@ -170,10 +265,13 @@ struct Phase {
 
 impl Bench {
     /// Starts the mock (and the relay unless `direct_only`).
+    /// With `key_limits` (arguments of `relay keys limits`), the relay also gets the
+    /// `bench-limited` key (scenario 7).
     pub async fn start(
         sizes: Sizes,
         mock_bin: PathBuf,
         relay_bin: Option<PathBuf>,
+        key_limits: Option<String>,
     ) -> Result<Bench> {
         let mock_port = free_port()?;
         let mock = start_mock(&mock_bin, mock_port, &MockSettings::default())?;
@@ -181,7 +279,8 @@ impl Bench {
         let direct = target("direct", &mock_url, UPSTREAM_KEY)?;
         let (relay, via_relay, idle) = match &relay_bin {
             Some(bin) => {
-                let relay = start_relay(bin, &mock_url, UPSTREAM_KEY, &[]).await?;
+                let relay =
+                    start_relay(bin, &mock_url, UPSTREAM_KEY, &[], key_limits.as_deref()).await?;
                 let idle = rss_kib(relay.guard.pid());
                 let t = target("relay", &relay.base_url, &relay.key)?;
                 (Some(relay), Some(t), idle)
@@ -201,6 +300,7 @@ impl Bench {
             report: String::new(),
             idle_rss_kib: idle,
             settle_waits: Vec::new(),
+            key_limits,
         })
     }
 
@@ -267,7 +367,7 @@ impl Bench {
         Fut: std::future::Future<Output = Recorder>,
     {
         self.settle().await;
-        let relay = if t.name == "relay" {
+        let relay = if t.through_relay() {
             self.relay_pid()
         } else {
             None
@@ -287,8 +387,66 @@ impl Bench {
     }
 
     async fn warm(&self, work: &Workload, n: u64) {
-        for t in self.targets() {
-            let _ = closed_loop(&self.client, &t, work, 1, Stop::Count(n), Duration::ZERO).await;
+        self.warm_targets(&self.targets(), work, n).await;
+    }
+
+    async fn warm_targets(&self, targets: &[Target], work: &Workload, n: u64) {
+        for t in targets {
+            let _ = closed_loop(&self.client, t, work, 1, Stop::Count(n), Duration::ZERO).await;
+        }
+    }
+
+    /// `rounds` rounds of `per_round` requests at concurrency 1 on each target in turn
+    /// (see [`round_order`]).
+    async fn c1_rounds(
+        &mut self,
+        targets: &[Target],
+        work: &Workload,
+        rounds: usize,
+        per_round: u64,
+        alternate: bool,
+    ) -> C1Rounds {
+        let n = targets.len();
+        let mut out = C1Rounds {
+            merged: (0..n).map(|_| Recorder::default()).collect(),
+            p50s: vec![Vec::new(); n],
+            p99s: vec![Vec::new(); n],
+            cpu_us: vec![0; n],
+        };
+        for round in 0..rounds {
+            for i in round_order(round, n, alternate) {
+                let work = work.clone();
+                let ph = self
+                    .phase(&targets[i], |c, t| async move {
+                        closed_loop(&c, &t, &work, 1, Stop::Count(per_round), Duration::ZERO).await
+                    })
+                    .await;
+                out.p50s[i].push(q(&ph.rec.total, 0.5));
+                out.p99s[i].push(q(&ph.rec.total, 0.99));
+                out.cpu_us[i] += ph.relay_cpu_us;
+                out.merged[i].merge(&ph.rec);
+            }
+        }
+        out
+    }
+
+    /// The table of a [`C1Rounds`]: one row per target.
+    fn c1_table(&mut self, targets: &[Target], r: &C1Rounds) {
+        self.note("| target | ok | errors | p50 ms | p99 ms | p99.9 ms | relay CPU µs/req |");
+        self.note("|---|---|---|---|---|---|---|");
+        for (i, (t, rec)) in targets.iter().zip(&r.merged).enumerate() {
+            let cpu = r
+                .cpu_per_req(i, t)
+                .map_or_else(|| "–".to_owned(), |c| format!("{c:.1}"));
+            self.note(&format!(
+                "| {} | {} | {} | {} | {} | {} | {cpu} |",
+                t.name,
+                rec.ok,
+                rec.errors,
+                ms(q(&rec.total, 0.5)),
+                ms(q(&rec.total, 0.99)),
+                ms(q(&rec.total, 0.999)),
+            ));
         }
     }
 
@@ -316,38 +474,14 @@ impl Bench {
                 self.sizes.per_round_large,
             )
         } else {
-            (
-                "small, non-streaming",
-                Workload {
-                    body: workload::small(false),
-                    headers: Vec::new(),
-                    stream: false,
-                    expected_events: 0,
-                    stall_after: None,
-                },
-                self.sizes.per_round,
-            )
+            ("small, non-streaming", small_work(), self.sizes.per_round)
         };
         Self::progress(&format!("latency: {label}"));
         self.warm(&work, self.sizes.warmup.min(per_round * 2)).await;
-        let mut merged = [Recorder::default(), Recorder::default()];
-        let mut p50s: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
-        let mut p99s: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
-        let mut cpu_us = 0;
-        for _ in 0..self.sizes.rounds {
-            for (i, t) in self.targets().iter().enumerate() {
-                let work = work.clone();
-                let ph = self
-                    .phase(t, |c, t| async move {
-                        closed_loop(&c, &t, &work, 1, Stop::Count(per_round), Duration::ZERO).await
-                    })
-                    .await;
-                p50s[i].push(q(&ph.rec.total, 0.5));
-                p99s[i].push(q(&ph.rec.total, 0.99));
-                cpu_us += ph.relay_cpu_us;
-                merged[i].merge(&ph.rec);
-            }
-        }
+        let targets = self.targets();
+        let r = self
+            .c1_rounds(&targets, &work, self.sizes.rounds, per_round, false)
+            .await;
         let title = if large {
             "6. Claude-Code-sized requests"
         } else {
@@ -357,45 +491,14 @@ impl Bench {
             "\n### {title}: concurrency 1, {label}\n\n{} rounds × {per_round} requests per target, interleaved direct/relay. Added = median over rounds of (relay − direct) for the same quantile; IQR across rounds in brackets.\n",
             self.sizes.rounds
         ));
-        self.note("| target | ok | errors | p50 ms | p99 ms | p99.9 ms | relay CPU µs/req |");
-        self.note("|---|---|---|---|---|---|---|");
-        for (i, rec) in merged.iter().enumerate().take(self.targets().len()) {
-            let cpu = if i == 1 && rec.ok > 0 {
-                format!("{:.1}", cpu_us as f64 / rec.attempts() as f64)
-            } else {
-                "–".to_owned()
-            };
-            let name = self.targets()[i].name;
+        self.c1_table(&targets, &r);
+        if targets.len() > 1 {
             self.note(&format!(
-                "| {name} | {} | {} | {} | {} | {} | {cpu} |",
-                rec.ok,
-                rec.errors,
-                ms(q(&rec.total, 0.5)),
-                ms(q(&rec.total, 0.99)),
-                ms(q(&rec.total, 0.999)),
+                "\n**Added latency: {}**",
+                added_text(r.added(1, 0))
             ));
         }
-        if self.via_relay.is_some() {
-            let diffs = |v: &[Vec<u64>; 2]| -> Vec<f64> {
-                v[1].iter()
-                    .zip(&v[0])
-                    .map(|(r, d)| *r as f64 - *d as f64)
-                    .collect()
-            };
-            let (mut d50, mut d99) = (diffs(&p50s), diffs(&p99s));
-            let (a50, b50) = iqr(&mut d50.clone());
-            let (a99, b99) = iqr(&mut d99.clone());
-            self.note(&format!(
-                "\n**Added latency: p50 {} ms [{} … {}], p99 {} ms [{} … {}]**",
-                signed_ms(median(&mut d50)),
-                signed_ms(a50),
-                signed_ms(b50),
-                signed_ms(median(&mut d99)),
-                signed_ms(a99),
-                signed_ms(b99)
-            ));
-        }
-        if let Some(e) = merged.iter().find_map(|r| r.first_error.clone()) {
+        if let Some(e) = r.merged.iter().find_map(|r| r.first_error.clone()) {
             self.note(&format!("\nFirst error: `{e}`"));
         }
         Ok(())
@@ -403,13 +506,7 @@ impl Bench {
 
     /// Scenario 2: throughput at fixed concurrency and at fixed rates.
     pub async fn throughput(&mut self) -> Result<()> {
-        let work = Workload {
-            body: workload::small(false),
-            headers: Vec::new(),
-            stream: false,
-            expected_events: 0,
-            stall_after: None,
-        };
+        let work = small_work();
         self.warm(&work, self.sizes.warmup).await;
         let step = self.sizes.step;
         self.note(&format!(
@@ -498,6 +595,165 @@ impl Bench {
             self.note(&format!("\nFirst error, {e}"));
         }
         Ok(())
+    }
+
+    /// Scenario 7: what limits cost. Concurrency-1 latency and closed-loop throughput at
+    /// c=32, direct, through the relay with the bench key (no limits) and with the
+    /// `bench-limited` key (every limit set, none reached), interleaved on one relay.
+    pub async fn limits(&mut self) -> Result<()> {
+        let Some((unlimited, limited)) = self.via_relay.clone().zip(self.relay.as_ref()) else {
+            return Ok(());
+        };
+        let limited = match &limited.limited_key {
+            Ok(key) => target("relay+limits", &limited.base_url, key)?,
+            Err(e) => {
+                let e = e.clone();
+                self.note(&format!(
+                    "\n### 7. Limits\n\nNot measured: the `bench-limited` key could not be set up: {e}"
+                ));
+                return Ok(());
+            }
+        };
+        let targets = [self.direct.clone(), unlimited, limited];
+        let work = small_work();
+        let (rounds, per_round) = (self.sizes.limits_rounds, self.sizes.per_round);
+        Self::progress("limits: added latency at concurrency 1");
+        self.warm_targets(&targets, &work, self.sizes.warmup).await;
+        let r = self
+            .c1_rounds(&targets, &work, rounds, per_round, true)
+            .await;
+        let limits = self.key_limits.clone().unwrap_or_default();
+        let checks = if limits == super::processes::LIMITED_KEY_LIMITS {
+            ": every request passes the model pattern, takes an rpm token and a concurrency permit, and reserves and settles its worst case against the daily and total budgets; none is refused"
+        } else {
+            " (not the default set)"
+        };
+        self.note(&format!(
+            "\n### 7. Limits: the same relay, a key without limits and a key with limits\n\nTargets: `direct` (the mock), `relay` (the bench key, no limits) and `relay+limits` (the `bench-limited` key on the same relay process, set with `relay keys limits <id> {}`{checks}).\n\n**A. Added latency, concurrency 1, small, non-streaming**: {rounds} rounds × {per_round} requests per target; each round runs direct first, then the two relay targets, their order swapped every other round. Added = median over rounds of (target − direct) for the same quantile; IQR across rounds in brackets.\n",
+            limits.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+        self.c1_table(&targets, &r);
+        let (plain, with) = (r.added(1, 0), r.added(2, 0));
+        let cpu = |i: usize| r.cpu_per_req(i, &targets[i]).unwrap_or(0.0);
+        self.note(&format!(
+            "\n**Added latency without limits: {}**\n\n**Added latency with limits: {}**\n\n**With limits ÷ without, same run: added p50 {}, added p99 {}, relay CPU per request {}**; per round, relay+limits − relay: {}",
+            added_text(plain),
+            added_text(with),
+            ratio(with[0].0, plain[0].0),
+            ratio(with[1].0, plain[1].0),
+            ratio(cpu(2), cpu(1)),
+            added_text(r.added(2, 1)),
+        ));
+        if let Some(e) = r.merged.iter().find_map(|r| r.first_error.clone()) {
+            self.note(&format!("\nFirst error: `{e}`"));
+        }
+
+        // B: closed loop at concurrency 32.
+        const C: usize = 32;
+        let step = self.sizes.step;
+        let n = targets.len();
+        let mut merged: Vec<Recorder> = (0..n).map(|_| Recorder::default()).collect();
+        let (mut wall, mut cpu_us) = (vec![Duration::ZERO; n], vec![0u64; n]);
+        for round in 0..self.sizes.limits_steps {
+            for i in round_order(round, n, true) {
+                Self::progress(&format!("limits: closed c={C}, {}", targets[i].name));
+                let work = work.clone();
+                let ph = self
+                    .phase(&targets[i], |c, t| async move {
+                        closed_loop(&c, &t, &work, C, Stop::After(step), Duration::ZERO).await
+                    })
+                    .await;
+                wall[i] += ph.rec.elapsed;
+                cpu_us[i] += ph.relay_cpu_us;
+                merged[i].merge(&ph.rec);
+            }
+        }
+        self.note(&format!(
+            "\n**B. Throughput, closed loop at concurrency {C}**: {} round(s) of one {} s step per target, in the order of A. ok req/s = successful responses ÷ wall time of the target's steps; relay CPU % of one core.\n",
+            self.sizes.limits_steps,
+            step.as_secs()
+        ));
+        self.note("| target | ok | ok req/s | p50 ms | p99 ms | p99.9 ms | errors % | relay CPU µs/req | relay CPU % |");
+        self.note("|---|---|---|---|---|---|---|---|---|");
+        let mut per_req = vec![0.0; n];
+        let mut rate = vec![0.0; n];
+        for (i, (t, rec)) in targets.iter().zip(&merged).enumerate() {
+            rate[i] = rec.ok as f64 / wall[i].as_secs_f64().max(1e-9);
+            per_req[i] = cpu_us[i] as f64 / rec.attempts().max(1) as f64;
+            let (cpu_req, cpu_pct) = if t.through_relay() {
+                (
+                    format!("{:.1}", per_req[i]),
+                    format!(
+                        "{:.0}",
+                        100.0 * cpu_us[i] as f64 / wall[i].as_micros().max(1) as f64
+                    ),
+                )
+            } else {
+                ("–".into(), "–".into())
+            };
+            self.note(&format!(
+                "| {} | {} | {:.0} | {} | {} | {} | {:.2} | {cpu_req} | {cpu_pct} |",
+                t.name,
+                rec.ok,
+                rate[i],
+                ms(q(&rec.total, 0.5)),
+                ms(q(&rec.total, 0.99)),
+                ms(q(&rec.total, 0.999)),
+                rec.error_pct(),
+            ));
+        }
+        self.note(&format!(
+            "\n**With limits ÷ without at c={C}, same run: throughput {}, relay CPU per request {}**",
+            ratio(rate[2], rate[1]),
+            ratio(per_req[2], per_req[1]),
+        ));
+        for (t, rec) in targets.iter().zip(&merged) {
+            if let Some(e) = &rec.first_error {
+                self.note(&format!("\nFirst error, c={C} {}: `{e}`", t.name));
+            }
+        }
+
+        // Evidence that the limits were in force: the x-relay-* headers of one more
+        // request per relay target.
+        let mut seen = Vec::new();
+        for t in &targets[1..] {
+            let h = match self.relay_headers(t).await {
+                Ok(h) if h.is_empty() => "none".to_owned(),
+                Ok(h) => h
+                    .iter()
+                    .map(|(k, v)| format!("`{k}: {v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Err(e) => format!("(request failed: {e:#})"),
+            };
+            seen.push(format!("{}: {h}", t.name));
+        }
+        self.note(&format!(
+            "\n`x-relay-*` headers of one request per key after the run — {}.",
+            seen.join("; ")
+        ));
+        Ok(())
+    }
+
+    /// The `x-relay-*` response headers of one small request to `t`.
+    async fn relay_headers(&self, t: &Target) -> Result<Vec<(String, String)>> {
+        use http_body_util::BodyExt as _;
+        let req = http::Request::post(t.uri.clone())
+            .header("x-api-key", &t.key)
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(workload::small(false)))?;
+        let resp = self.client.request(req).await?;
+        let status = resp.status();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-relay-"))
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned()))
+            .collect();
+        resp.into_body().collect().await?;
+        anyhow::ensure!(status == http::StatusCode::OK, "status {status}");
+        Ok(headers)
     }
 
     /// Scenario 3: streaming — added time to first byte, inter-event gaps, time to the
@@ -801,7 +1057,12 @@ impl Bench {
             &bin,
             &mock_url,
             UPSTREAM_KEY,
-            &[("NATS_URL", nats.url.clone())],
+            &[
+                ("NATS_URL", nats.url.clone()),
+                // Scale mode: every relay must share a login-token secret.
+                ("JWT_SECRET", JWT_SECRET.to_owned()),
+            ],
+            None,
         )
         .await
         {
@@ -852,13 +1113,7 @@ impl Bench {
         let seen =
             |rows: Vec<projections::read::UsageRow>| rows.iter().map(|r| r.requests).sum::<u64>();
         let mut base = seen(usage_totals(&db, &filter).await?);
-        let work = Workload {
-            body: workload::small(false),
-            headers: Vec::new(),
-            stream: false,
-            expected_events: 0,
-            stall_after: None,
-        };
+        let work = small_work();
         let background = {
             let (c, t, w) = (self.client.clone(), bench_t.clone(), work.clone());
             tokio::spawn(async move { open_loop(&c, &t, &w, rate, dur, 8000).await })
@@ -935,5 +1190,39 @@ impl Bench {
                 kib as f64 / 1024.0
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_order_keeps_direct_first_and_alternates_the_rest() {
+        assert_eq!(round_order(0, 3, true), [0, 1, 2]);
+        assert_eq!(round_order(1, 3, true), [0, 2, 1]);
+        assert_eq!(round_order(1, 3, false), [0, 1, 2]);
+        assert_eq!(round_order(1, 2, true), [0, 1]);
+        assert_eq!(round_order(0, 1, true), [0]);
+    }
+
+    #[test]
+    fn added_is_the_median_of_per_round_differences() {
+        let r = C1Rounds {
+            merged: (0..3).map(|_| Recorder::default()).collect(),
+            p50s: vec![
+                vec![10, 10, 10, 10],
+                vec![110, 130, 120, 500],
+                vec![120, 140, 130, 90],
+            ],
+            p99s: vec![vec![50; 4], vec![250; 4], vec![300; 4]],
+            cpu_us: vec![0; 3],
+        };
+        let [(m50, _, _), (m99, _, _)] = r.added(1, 0);
+        assert_eq!((m50, m99), (115.0, 200.0));
+        let [(m50, _, _), (m99, _, _)] = r.added(2, 1);
+        assert_eq!((m50, m99), (10.0, 50.0));
+        assert_eq!(ratio(2.0, 1.0), "2.00×");
+        assert_eq!(ratio(1.0, 0.0), "n/a");
     }
 }
