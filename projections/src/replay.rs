@@ -2,7 +2,7 @@
 //! price-table change.
 
 use crate::money::nanos_to_usd;
-use crate::pricing::{PriceContext, PriceTable, Tokens};
+use crate::pricing::{PriceContext, PriceTable, ServerToolUses, Tokens};
 use crate::runner::{self, Lag, Projection, Projector, ProjectorOptions};
 use crate::usage::UsageProjection;
 use crate::{money, Error};
@@ -111,8 +111,8 @@ async fn reprice_leased(
         "SELECT event_id, tenant, occurred_at_ms, model, service_tier, speed, inference_geo, \
          input_tokens, output_tokens, cache_read_tokens, cache_write_5m_tokens, \
          cache_write_1h_tokens, price_version, price_key, priced_by_fallback, unit_input, \
-         unit_output, unit_cache_read, unit_cache_write_5m, unit_cache_write_1h, cost_nanos \
-         FROM usage_ledger WHERE day >= $1 ORDER BY event_id",
+         unit_output, unit_cache_read, unit_cache_write_5m, unit_cache_write_1h, cost_nanos, \
+         web_search_requests FROM usage_ledger WHERE day >= $1 ORDER BY event_id",
     )
     .bind(&day)
     .fetch_all(&mut *tx)
@@ -140,7 +140,8 @@ async fn reprice_leased(
         };
         let some = |s: &str| -> Option<String> { (!s.is_empty()).then(|| s.to_owned()) };
         let (tier, speed, geo) = (some(&tier), some(&speed), some(&geo));
-        let priced = prices.price(
+        let uses = ServerToolUses { web_search: n(21)? };
+        let priced = prices.price_with_uses(
             at_ms,
             &PriceContext {
                 model: &model,
@@ -149,6 +150,7 @@ async fn reprice_leased(
                 inference_geo: geo.as_deref(),
             },
             tokens,
+            uses,
         );
         let new_nanos = money::usd_to_nanos(priced.cost)?;
         let old_nanos: i64 = r.try_get(20)?;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 both!(
     rebuild_one_projection_restores_identical_rows,
-    reprice_matches_a_rebuild_with_the_new_table
+    reprice_matches_a_rebuild_with_the_new_table,
+    reprice_applies_to_per_use_prices
 );
 
 async fn rebuild_one_projection_restores_identical_rows(db: &TestDb) {
@@ -116,6 +117,54 @@ async fn reprice_matches_a_rebuild_with_the_new_table(db: &TestDb) {
     }
     let repriced = dump_all(&db.pool).await;
     // A rebuild with the new table yields the very same rows.
+    let ps: Vec<Arc<dyn Projection>> = projections::all(Arc::new(table));
+    projections::rebuild(&db.pool, log, &ps, "usage", &mut |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(dump_all(&db.pool).await, repriced);
+}
+
+async fn reprice_applies_to_per_use_prices(db: &TestDb) {
+    let log = MemLog::new();
+    // 1000 input and 500 output tokens of Sonnet 4.6 with 3 web searches on Nov 3.
+    let mut e = usage(&UsageSpec::default());
+    if let schema::Event::UsageRecorded(u) = &mut e.event {
+        u.server_tool_use.web_search_requests = 3;
+    }
+    log.push(&e);
+    catch_up(&db.pool, log.clone()).await;
+    let cost = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT cost_nanos FROM usage_ledger")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        n
+    };
+    // 1000 * 3 + 500 * 15 = 10500 µUSD of tokens, plus 3 * $0.01.
+    assert_eq!(cost().await, 40_500_000);
+    let mut v: serde_json::Value =
+        serde_json::from_str(projections::pricing::EMBEDDED_JSON).unwrap();
+    v["versions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": "test-2026-11-01",
+            "effective_from": "2026-11-01",
+            "server_tools": { "web_search": { "per_use": "0.02", "source": "test" } },
+            "models": {
+                "claude-sonnet-4-6": { "input": "4", "output": "15", "cache_read": "0.3" }
+            }
+        }));
+    let table = PriceTable::from_json(&v.to_string()).unwrap();
+    let from = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+    let diffs = projections::reprice(&db.pool, &table, from).await.unwrap();
+    // 1000 * 4 + 500 * 15 = 11500 µUSD, plus 3 * $0.02.
+    assert_eq!(cost().await, 71_500_000);
+    assert_eq!(
+        diffs[0].difference,
+        projections::money::nanos_to_usd(31_000_000)
+    );
+    let repriced = dump_all(&db.pool).await;
     let ps: Vec<Arc<dyn Projection>> = projections::all(Arc::new(table));
     projections::rebuild(&db.pool, log, &ps, "usage", &mut |_, _| {})
         .await
