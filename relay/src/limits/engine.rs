@@ -98,6 +98,8 @@ struct Local {
     inflight: i64,
     /// Settled costs not yet seen in the ledger: (request id, nanodollars, when).
     unprojected: Vec<(String, i64, Instant)>,
+    /// Their sum, kept up to date (the admission path reads it on every request).
+    unprojected_total: i64,
     /// Last time a request used the scope.
     last_used: Instant,
     /// The ledger and the other relays' leases, as last read.
@@ -120,7 +122,7 @@ impl Local {
     }
 
     fn unprojected_sum(&self) -> i64 {
-        self.unprojected.iter().map(|(_, c, _)| *c).sum()
+        self.unprojected_total
     }
 }
 
@@ -185,6 +187,7 @@ impl Permit {
                     let cost = actual.unwrap_or(amount);
                     if cost > 0 {
                         l.unprojected.push((self.request_id.clone(), cost, now));
+                        l.unprojected_total += cost;
                     }
                 }
             }
@@ -376,6 +379,7 @@ impl Limiter {
                         granted: 0,
                         inflight: 0,
                         unprojected: Vec::new(),
+                        unprojected_total: 0,
                         last_used: Instant::now(),
                         spent_known: 0,
                         others_known: 0,
@@ -576,37 +580,43 @@ impl Limiter {
             return Ok(());
         }
         let _one = scope.leasing.lock().await;
-        if self.take_local(scope, want) {
-            return Ok(());
-        }
-        {
-            let l = lock(&scope.local);
-            if l.exhausted_until.is_some_and(|t| t > Instant::now()) {
-                return Err(self.exhausted(scope, &l, None));
+        // A lease can be taken from under us by a request on the lock-free fast path:
+        // lease again while leases still grow; only a lease that finds nothing left
+        // means the limit is reached.
+        for _ in 0..8 {
+            if self.take_local(scope, want) {
+                return Ok(());
             }
-        }
-        let leased = self.lease(scope, want).await;
-        match leased {
-            Ok(retry_after) => {
-                if self.take_local(scope, want) {
-                    Ok(())
-                } else {
+            {
+                let l = lock(&scope.local);
+                if l.exhausted_until.is_some_and(|t| t > Instant::now()) {
+                    return Err(self.exhausted(scope, &l, None));
+                }
+            }
+            let before = lock(&scope.local).granted;
+            match self.lease(scope, want).await {
+                Ok(retry_after) => {
+                    if lock(&scope.local).granted > before {
+                        continue;
+                    }
                     let mut l = lock(&scope.local);
                     l.exhausted_until = Some(Instant::now() + Duration::from_millis(100));
-                    Err(self.exhausted(scope, &l, retry_after))
+                    return Err(self.exhausted(scope, &l, retry_after));
                 }
-            }
-            Err(e) if self.settings.fail_open => {
-                tracing::warn!(scope = %scope.name, error = %e, "limits store unavailable; admitting (LIMITS_FAIL_OPEN)");
-                let mut l = lock(&scope.local);
-                if !matches!(scope.kind, Kind::Rpm) {
-                    l.granted += want;
-                    l.inflight += want;
+                Err(e) if self.settings.fail_open => {
+                    tracing::warn!(scope = %scope.name, error = %e, "limits store unavailable; admitting (LIMITS_FAIL_OPEN)");
+                    let mut l = lock(&scope.local);
+                    if !matches!(scope.kind, Kind::Rpm) {
+                        l.granted += want;
+                        l.inflight += want;
+                    }
+                    return Ok(());
                 }
-                Ok(())
+                Err(e) => return Err(TakeError::Store(e.to_string())),
             }
-            Err(e) => Err(TakeError::Store(e.to_string())),
         }
+        let l = lock(&scope.local);
+        Err(self.exhausted(scope, &l, Some(1)))
     }
 
     fn exhausted(&self, scope: &Scope, l: &Local, retry_after: Option<u64>) -> TakeError {
@@ -736,7 +746,8 @@ impl Limiter {
         let available = limit - spent - others - own;
         let need = want - headroom;
         let slice = match scope.kind {
-            Kind::Concurrency => need,
+            // A few slots at a time, so a busy relay does not lease on every request.
+            Kind::Concurrency => need.max((limit / 20).min(16)),
             _ => need.max(limit / 20).max(want.saturating_mul(2)),
         };
         let grow = slice.min(available);
@@ -843,7 +854,7 @@ impl Limiter {
                 let l = lock(&scope.local);
                 l.unprojected.iter().map(|(id, _, _)| id.clone()).collect()
             };
-            let mut absorbed: Vec<String> = Vec::new();
+            let mut absorbed: std::collections::HashSet<String> = std::collections::HashSet::new();
             for chunk in ids.chunks(200) {
                 let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
                 let sql = format!(
@@ -855,7 +866,7 @@ impl Limiter {
                     q = q.bind(id);
                 }
                 for r in q.fetch_all(&self.db).await? {
-                    absorbed.push(r.try_get("request_id")?);
+                    absorbed.insert(r.try_get("request_id")?);
                 }
             }
             let (granted, shrink_to) = {
@@ -864,6 +875,7 @@ impl Limiter {
                 let before = l.unprojected_sum();
                 l.unprojected
                     .retain(|(id, _, at)| !absorbed.contains(id) && *at > stale);
+                l.unprojected_total = l.unprojected.iter().map(|(_, c, _)| *c).sum();
                 let folded = before - l.unprojected_sum();
                 l.granted -= folded;
                 let idle = l.last_used.elapsed() > IDLE;

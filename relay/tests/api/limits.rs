@@ -609,3 +609,25 @@ async fn a_limit_changed_on_one_relay_holds_on_the_other_within_a_second() {
     b.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_limit_far_from_reached_refuses_nothing_under_concurrency() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&[]).await;
+    let (_, _, key) = limited(
+        &app,
+        &mock,
+        json!({"max_concurrency": 100000, "rpm": 1000000, "total_budget_usd": "1000000"}),
+    )
+    .await;
+    for _ in 0..3 {
+        let sends = (0..64).map(|_| app.messages_as(&key, &body(false)).send());
+        for r in futures::future::join_all(sends).await {
+            assert_eq!(
+                r.unwrap().status(),
+                200,
+                "a limit nowhere near reached refused a request"
+            );
+        }
+    }
+}
