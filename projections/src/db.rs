@@ -39,7 +39,8 @@ impl Backend {
 /// Opens a pool with sane options. SQLite: the file is created if missing, WAL
 /// journal, a 10 s busy timeout, foreign keys on, `synchronous=NORMAL` (the event log,
 /// not this database, is the durable record: a lost tail is re-projected from the
-/// checkpoint). PostgreSQL: up to 16 connections.
+/// checkpoint). PostgreSQL: up to 16 connections, sessions idle inside a transaction
+/// ended by the server after 10 s.
 pub async fn connect(url: &str) -> Result<AnyPool, Error> {
     sqlx::any::install_default_drivers();
     let backend = Backend::from_url(url)?;
@@ -65,7 +66,17 @@ pub async fn connect(url: &str) -> Result<AnyPool, Error> {
             }
         }
         Backend::Postgres => {
-            opts = opts.max_connections(16);
+            // A task cancelled inside a transaction (shutdown, an aborted projector)
+            // can leave its connection idle in that transaction, holding row locks
+            // (the projector lease) until the connection is next used. The server ends
+            // such sessions after 10 s, so no lock outlives its holder for long.
+            opts = opts.max_connections(16).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET idle_in_transaction_session_timeout = 10000")
+                        .await?;
+                    Ok(())
+                })
+            });
             url.to_owned()
         }
     };
