@@ -11,6 +11,7 @@
 use futures::stream::BoxStream;
 use schema::{Category, Envelope};
 
+pub mod journal;
 pub mod publisher;
 pub mod sqlite;
 #[cfg(feature = "testing")]

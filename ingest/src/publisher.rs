@@ -20,7 +20,15 @@
 //! On shutdown the task stops admitting, waits until every [`Admission`] is dropped,
 //! drains the queue into the log (or the spool when the log is down) and ends.
 //! Events left in the spool are replayed by the next start.
+//!
+//! Before an event enters the queue it is written to the [`Journal`], synchronously:
+//! the memory queue is no longer the only copy, so a crash of the process loses
+//! nothing that was published. The worker reports to the journal how far the log or
+//! the spool holds the events; a restart republishes what follows (ids make that
+//! idempotent) and records attempts that never ended as usage of completeness
+//! `unknown`. While the journal cannot be written, `admit` refuses new requests.
 
+use crate::journal::{AttemptStart, Fsync, Journal, JournalConfig, JournalStats};
 use crate::{EventLog, LogError};
 use schema::Envelope;
 use sqlx::sqlite::{
@@ -62,13 +70,19 @@ pub struct PublisherConfig {
     /// appended. A few milliseconds let events of concurrent requests share one append
     /// (one transaction and fsync) instead of one each. Default 2 ms; zero disables.
     pub linger: Duration,
+    /// The journal every event is written to first. Default: a `journal` directory
+    /// next to the spool, synced every 100 ms.
+    pub journal: JournalConfig,
 }
 
 impl PublisherConfig {
     /// The defaults, spooling to `spool_path`.
     pub fn new(spool_path: impl Into<PathBuf>) -> Self {
+        let spool_path: PathBuf = spool_path.into();
+        let journal_dir = spool_path.with_file_name("journal");
         Self {
-            spool_path: spool_path.into(),
+            journal: JournalConfig::new(journal_dir),
+            spool_path,
             queue_capacity: 10_000,
             batch_size: 256,
             spool_max_events: 1_000_000,
@@ -104,6 +118,10 @@ pub enum Backpressure {
     /// The relay is shutting down.
     #[error("the relay is shutting down")]
     ShuttingDown,
+    /// The journal cannot be written (e.g. the disk is full): events of a new request
+    /// would exist in memory only.
+    #[error("the event journal cannot be written")]
+    JournalFailing,
 }
 
 /// Errors starting the publisher.
@@ -117,6 +135,15 @@ pub enum PublisherError {
         /// The cause.
         #[source]
         source: sqlx::Error,
+    },
+    /// The journal could not be opened or read.
+    #[error("cannot open the event journal {path}: {source}")]
+    Journal {
+        /// The journal directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The spool's directory could not be created.
     #[error("cannot create the directory for the event spool {path}: {source}")]
@@ -150,6 +177,8 @@ pub struct PublisherStats {
     pub spool_errors_total: u64,
     /// Events the log refused for good, kept aside in the spool file's quarantine.
     pub quarantine_events: u64,
+    /// The journal's counters.
+    pub journal: JournalStats,
 }
 
 /// Handle to the publishing task. Cheap to clone.
@@ -163,8 +192,11 @@ pub struct Publisher {
 /// is alive, so events of requests still in flight at shutdown reach the log too.
 #[must_use = "hold the admission until the request has published its events"]
 pub struct Admission {
-    _sender: mpsc::UnboundedSender<Envelope>,
+    _sender: mpsc::UnboundedSender<Queued>,
 }
+
+/// An event with its journal sequence number.
+type Queued = (u64, Envelope);
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,9 +223,10 @@ struct Shared {
     spool_max_bytes: u64,
     /// The strong sender until shutdown; taken then so the channel can close once the
     /// last [`Admission`] is dropped.
-    sender: Mutex<Option<mpsc::UnboundedSender<Envelope>>>,
+    sender: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
     /// Used by `publish`, so that publisher handles alone do not keep the task alive.
-    weak: mpsc::WeakUnboundedSender<Envelope>,
+    weak: mpsc::WeakUnboundedSender<Queued>,
+    journal: Arc<Journal>,
     counters: Counters,
     /// Bumped whenever the worker made progress; `wait_idle` listens.
     progress: watch::Sender<()>,
@@ -212,6 +245,11 @@ impl Publisher {
         shutdown: CancellationToken,
     ) -> Result<Publisher, PublisherError> {
         let (spool, events, bytes) = Spool::open(&config.spool_path).await?;
+        let journal_err = |source| PublisherError::Journal {
+            path: config.journal.dir.clone(),
+            source,
+        };
+        let (journal, recovered) = Journal::open(&config.journal).map_err(journal_err)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Counters::default();
         counters.spool_events.store(events, Ordering::SeqCst);
@@ -233,7 +271,23 @@ impl Publisher {
             progress: watch::Sender::new(()),
             spool: spool.clone(),
             tracker: tracker.clone(),
+            journal: journal.clone(),
         });
+        let publisher = Publisher { shared };
+        if !recovered.events.is_empty() || !recovered.open_attempts.is_empty() {
+            tracing::warn!(
+                events = recovered.events.len(),
+                unfinished_attempts = recovered.open_attempts.len(),
+                corrupt_records = recovered.corrupt_records,
+                "the journal holds events the log may not have, or attempts that never ended; republishing"
+            );
+        }
+        let events = recovered.into_events(chrono::Utc::now());
+        if !events.is_empty() {
+            publisher.publish_all(events);
+        }
+        journal.retire_recovered();
+        let shared = publisher.shared.clone();
         let worker = Worker {
             backoff: config.retry_initial,
             next_retry: Instant::now(),
@@ -243,11 +297,12 @@ impl Publisher {
             spool,
             config,
             pending: Vec::new(),
+            pending_seq: 0,
             stuck: false,
             pending_since: Instant::now(),
         };
         tracker.spawn(worker.run(shutdown));
-        Ok(Publisher { shared })
+        Ok(publisher)
     }
 
     /// Decides whether the relay may accept one more request. Refuses while the
@@ -266,6 +321,9 @@ impl Publisher {
         if events >= self.shared.spool_max_events || bytes >= self.shared.spool_max_bytes {
             return Err(Backpressure::SpoolFull { events, bytes });
         }
+        if self.shared.journal.failing() && !self.shared.journal.probe() {
+            return Err(Backpressure::JournalFailing);
+        }
         let sender = self
             .shared
             .sender
@@ -278,20 +336,55 @@ impl Publisher {
         }
     }
 
-    /// Queues an event for the log. Never blocks and never fails: admission control
-    /// bounds the queue. After the task has finished (late in shutdown) the event is
-    /// written straight to the spool, to be replayed by the next start.
-    pub fn publish(&self, envelope: Envelope) {
+    /// Writes an event to the journal and queues it for the log. Never fails and
+    /// never waits on the log: admission control bounds the queue. Returns the
+    /// event's journal sequence number, for [`Publisher::durable`]. After the task
+    /// has finished (late in shutdown) the event is written straight to the spool, to
+    /// be replayed by the next start.
+    pub fn publish(&self, envelope: Envelope) -> u64 {
+        self.publish_all(std::iter::once(envelope))
+    }
+
+    /// [`Publisher::publish`] for several events, written to the journal at once.
+    /// Returns the last sequence number.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Envelope>) -> u64 {
         let c = &self.shared.counters;
-        c.queue_depth.fetch_add(1, Ordering::SeqCst);
-        let envelope = match self.shared.weak.upgrade() {
-            Some(tx) => match tx.send(envelope) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(envelope)) => envelope,
-            },
-            None => envelope,
-        };
-        self.spool_directly(envelope);
+        let tx = self.shared.weak.upgrade();
+        let mut late = Vec::new();
+        let written = self.shared.journal.append_events(events, |seq, envelope| {
+            c.queue_depth.fetch_add(1, Ordering::SeqCst);
+            let rejected = match &tx {
+                Some(tx) => tx.send((seq, envelope)).err().map(|e| e.0 .1),
+                None => Some(envelope),
+            };
+            late.extend(rejected);
+        });
+        for envelope in late {
+            self.spool_directly(envelope);
+        }
+        // On an error the events live in memory only, and new requests are refused
+        // until the journal is writable again.
+        written.unwrap_or_default()
+    }
+
+    /// Journals an upstream attempt before it is sent. An error means the journal
+    /// cannot be written; the attempt should not be sent.
+    pub fn attempt_started(&self, attempt: &AttemptStart) -> std::io::Result<u64> {
+        self.shared.journal.attempt_started(attempt)
+    }
+
+    /// Waits until the event with journal sequence `seq` is as durable as the journal
+    /// is configured to make it: ready at once unless it syncs every record.
+    pub fn durable(&self, seq: u64) -> Option<impl std::future::Future<Output = ()> + Send> {
+        self.shared
+            .journal
+            .syncs_each_record()
+            .then(|| self.shared.journal.durable(seq))
+    }
+
+    /// The journal's sync policy.
+    pub fn journal_fsync(&self) -> Fsync {
+        self.shared.journal.fsync()
     }
 
     fn spool_directly(&self, envelope: Envelope) {
@@ -337,6 +430,7 @@ impl Publisher {
             append_errors_total: c.append_errors.load(Ordering::SeqCst),
             spool_errors_total: c.spool_errors.load(Ordering::SeqCst),
             quarantine_events: c.quarantined.load(Ordering::SeqCst),
+            journal: self.shared.journal.stats(),
         }
     }
 
@@ -362,11 +456,13 @@ impl Publisher {
 struct Worker {
     log: Arc<dyn EventLog>,
     shared: Arc<Shared>,
-    rx: mpsc::UnboundedReceiver<Envelope>,
+    rx: mpsc::UnboundedReceiver<Queued>,
     spool: Spool,
     config: PublisherConfig,
     /// Events taken off the queue and not yet appended or spooled.
     pending: Vec<Envelope>,
+    /// Journal sequence number of the newest event in `pending`.
+    pending_seq: u64,
     /// Set when `pending` could be neither appended nor spooled; retried at
     /// `next_retry`.
     stuck: bool,
@@ -422,11 +518,12 @@ impl Worker {
                         .take();
                 }
                 msg = self.rx.recv(), if open && room => match msg {
-                    Some(e) => {
+                    Some((seq, e)) => {
                         if self.pending.is_empty() {
                             self.pending_since = Instant::now();
                         }
                         self.pending.push(e);
+                        self.pending_seq = seq;
                     }
                     None => open = false,
                 },
@@ -445,6 +542,10 @@ impl Worker {
                 break;
             }
         }
+        // Everything is in the log or the spool: a last marker lets the next start
+        // skip it, and a last sync makes it durable.
+        self.shared.journal.probe();
+        self.shared.journal.close();
         self.shared.progress.send_replace(());
     }
 
@@ -453,7 +554,10 @@ impl Worker {
     fn fill_pending(&mut self) -> bool {
         while self.pending.len() < self.config.batch_size {
             match self.rx.try_recv() {
-                Ok(e) => self.pending.push(e),
+                Ok((seq, e)) => {
+                    self.pending.push(e);
+                    self.pending_seq = seq;
+                }
                 Err(mpsc::error::TryRecvError::Empty) => return true,
                 Err(mpsc::error::TryRecvError::Disconnected) => return false,
             }
@@ -506,6 +610,15 @@ impl Worker {
 
     /// Appends `pending`, or spools it when the spool is in use or the append fails.
     async fn flush_pending(&mut self) {
+        let seq = self.pending_seq;
+        self.flush_pending_batch().await;
+        if self.pending.is_empty() {
+            // In the log, the spool or the quarantine: the journal may forget them.
+            self.shared.journal.handled(seq);
+        }
+    }
+
+    async fn flush_pending_batch(&mut self) {
         let batch = std::mem::take(&mut self.pending);
         let n = len_u64(batch.len());
         let c = &self.shared.counters;

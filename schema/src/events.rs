@@ -108,6 +108,11 @@ pub enum Completeness {
     ClientDisconnectedPartial,
     /// The upstream failed mid-stream: figures are what was seen before the failure.
     UpstreamErrorPartial,
+    /// The attempt was sent upstream and the relay died before it ended: the account
+    /// and request are known, the tokens are not (all zero). Recorded on restart from
+    /// the journal, so that an attempt upstream may have billed is never silently
+    /// missing. Added in v1; older consumers do not know it.
+    Unknown,
 }
 
 /// Server-side tool invocations billed per use.
