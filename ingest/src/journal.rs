@@ -285,6 +285,10 @@ struct Inner {
     marker: u64,
     /// Closed segments with the last sequence number each holds, oldest first.
     closed: VecDeque<(PathBuf, u64)>,
+    /// Directories of dead processes, recovered, with their locks held until deleted.
+    orphans: Vec<(PathBuf, File)>,
+    /// This process's lock on its directory.
+    _lock: File,
     /// Open attempts, by (request, attempt), with their encoded record.
     open: HashMap<(String, u32), Vec<u8>>,
     buf: Vec<u8>,
@@ -311,28 +315,59 @@ impl Journal {
     /// once what [`Recovered`] holds has been written again.
     pub fn open(config: &JournalConfig) -> std::io::Result<(Arc<Journal>, Recovered)> {
         std::fs::create_dir_all(&config.dir)?;
-        let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(&config.dir)?
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let first = name.strip_prefix("segment-")?.strip_suffix(".log")?;
-                Some((first.parse::<u64>().ok()?, e.path()))
-            })
-            .collect();
-        segments.sort();
+        // Each process writes its own directory and holds an exclusive lock on it for
+        // its lifetime; the kernel releases the lock when the process dies. A
+        // directory whose lock can be taken belongs to a process that is gone: it is
+        // recovered (and deleted by `retire_recovered`). One that cannot is live
+        // (e.g. the server, while a CLI command runs) and is left alone.
         let mut scan = Scan::default();
-        for (_, path) in &segments {
-            scan.segment(path)?;
+        let mut orphans = Vec::new();
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&config.dir)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("LOCK"))?;
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+            let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)?
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let first = name.strip_prefix("segment-")?.strip_suffix(".log")?;
+                    Some((first.parse::<u64>().ok()?, e.path()))
+                })
+                .collect();
+            segments.sort();
+            scan.begin_run();
+            for (_, path) in &segments {
+                scan.segment(path)?;
+            }
+            orphans.push((dir, lock));
         }
         let recovered = scan.recovered();
-        let next_seq = scan.max_seq + 1;
-        let path = segment_path(&config.dir, next_seq);
+        let own = config.dir.join(format!("p-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&own)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(own.join("LOCK"))?;
+        lock.try_lock().map_err(std::io::Error::from)?;
+        let next_seq = 1;
+        let path = segment_path(&own, next_seq);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        sync_dir(&own);
         sync_dir(&config.dir);
-        let closed = segments
-            .into_iter()
-            .map(|(_, p)| (p, u64::MAX))
-            .collect::<VecDeque<_>>();
         let syncer = match config.fsync {
             Fsync::Never => None,
             Fsync::Interval(every) => Some(Syncer::start(file.try_clone()?, Some(every), false)),
@@ -340,19 +375,21 @@ impl Journal {
         };
         let journal = Journal {
             inner: Mutex::new(Inner {
-                dir: config.dir.clone(),
+                dir: own,
                 segment_bytes: config.segment_bytes.max(4096),
                 file,
                 path,
                 size: 0,
                 next_seq,
-                marker: scan.max_seq,
-                closed,
+                marker: 0,
+                closed: VecDeque::new(),
+                orphans,
+                _lock: lock,
                 open: HashMap::new(),
                 buf: Vec::with_capacity(4096),
             }),
-            handled: AtomicU64::new(scan.max_seq),
-            written: AtomicU64::new(scan.max_seq),
+            handled: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -363,21 +400,17 @@ impl Journal {
         Ok((Arc::new(journal), recovered))
     }
 
-    /// Deletes the segments of earlier runs. Call it once everything
-    /// [`Journal::open`] recovered has been written again (and synced, when syncing).
+    /// Deletes what earlier runs left. Call it once everything [`Journal::open`]
+    /// recovered has been written again (and synced, when syncing).
     pub fn retire_recovered(&self) {
         if let Some(s) = &self.syncer {
             s.sync_now();
         }
-        let mut inner = self.lock();
-        while let Some((path, last)) = inner.closed.front() {
-            if *last != u64::MAX {
-                break;
+        let orphans = std::mem::take(&mut self.lock().orphans);
+        for (dir, _lock) in orphans {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot delete an old journal directory");
             }
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot delete an old journal segment");
-            }
-            inner.closed.pop_front();
         }
     }
 
@@ -499,7 +532,7 @@ impl Journal {
 
     fn retire(&self, inner: &mut Inner, handled: u64) {
         while let Some((path, last)) = inner.closed.front() {
-            if *last == u64::MAX || *last > handled {
+            if *last > handled {
                 break;
             }
             if let Err(e) = std::fs::remove_file(path) {
@@ -768,8 +801,10 @@ fn encode(buf: &mut Vec<u8>, kind: u8, seq: u64, payload: &[u8]) {
 /// What reading the segments found.
 #[derive(Default)]
 struct Scan {
-    max_seq: u64,
+    /// Sequence numbers restart in every directory: events of finished runs are kept
+    /// in `earlier`, the current run's in `events` until its last marker is known.
     handled: u64,
+    earlier: Vec<Envelope>,
     events: Vec<(u64, Envelope)>,
     seen_events: HashSet<Uuid>,
     attempts: BTreeMap<(String, u32), AttemptStart>,
@@ -778,6 +813,18 @@ struct Scan {
 }
 
 impl Scan {
+    /// Starts reading another directory.
+    fn begin_run(&mut self) {
+        let handled = self.handled;
+        self.earlier.extend(
+            std::mem::take(&mut self.events)
+                .into_iter()
+                .filter(|(seq, _)| *seq > handled)
+                .map(|(_, e)| e),
+        );
+        self.handled = 0;
+    }
+
     fn segment(&mut self, path: &Path) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         File::open(path)?.read_to_end(&mut bytes)?;
@@ -810,34 +857,30 @@ impl Scan {
     fn record(&mut self, kind: u8, seq: u64, payload: &[u8]) {
         match kind {
             KIND_HANDLED => self.handled = self.handled.max(seq),
-            KIND_EVENT => {
-                self.max_seq = self.max_seq.max(seq);
-                match Envelope::from_json(payload) {
-                    Ok(e) => {
-                        if let Some(r) = e.request_id.clone() {
-                            match &e.event {
-                                Event::UsageRecorded(u) => {
-                                    self.attempts.remove(&(r, u.attempt));
-                                }
-                                Event::RequestFinished(_) => {
-                                    self.attempts.retain(|(req, _), _| *req != r);
-                                    self.finished.insert(r);
-                                }
-                                _ => {}
+            KIND_EVENT => match Envelope::from_json(payload) {
+                Ok(e) => {
+                    if let Some(r) = e.request_id.clone() {
+                        match &e.event {
+                            Event::UsageRecorded(u) => {
+                                self.attempts.remove(&(r, u.attempt));
                             }
-                        }
-                        if self.seen_events.insert(e.id) {
-                            self.events.push((seq, e));
+                            Event::RequestFinished(_) => {
+                                self.attempts.retain(|(req, _), _| *req != r);
+                                self.finished.insert(r);
+                            }
+                            _ => {}
                         }
                     }
-                    Err(err) => {
-                        self.corrupt += 1;
-                        tracing::error!(seq, error = %err, "undecodable journal event skipped");
+                    if self.seen_events.insert(e.id) {
+                        self.events.push((seq, e));
                     }
                 }
-            }
+                Err(err) => {
+                    self.corrupt += 1;
+                    tracing::error!(seq, error = %err, "undecodable journal event skipped");
+                }
+            },
             KIND_ATTEMPT => {
-                self.max_seq = self.max_seq.max(seq);
                 match serde_json::from_slice::<AttemptStart>(payload) {
                     Ok(a) => {
                         // A copy carried into a newer segment does not reopen an
@@ -862,12 +905,8 @@ impl Scan {
     }
 
     fn recovered(&mut self) -> Recovered {
-        let handled = self.handled;
-        let events = std::mem::take(&mut self.events)
-            .into_iter()
-            .filter(|(seq, _)| *seq > handled)
-            .map(|(_, e)| e)
-            .collect();
+        self.begin_run();
+        let events = std::mem::take(&mut self.earlier);
         let open_attempts: Vec<AttemptStart> =
             std::mem::take(&mut self.attempts).into_values().collect();
         let unfinished_requests = open_attempts

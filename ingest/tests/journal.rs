@@ -54,8 +54,22 @@ fn ids(events: &[Envelope]) -> Vec<Uuid> {
     events.iter().map(|e| e.id).collect()
 }
 
+/// Segment files of every process directory.
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(dir.join("journal")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|x| x == "log") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn segments(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("journal")).unwrap().count()
+    segment_files(dir).len()
 }
 
 #[test]
@@ -193,9 +207,9 @@ fn full_segments_are_reclaimed_and_open_attempts_carried_over() {
             segments(dir.path())
         );
         assert_eq!(j.stats().open_attempts, 1);
-        let bytes: u64 = std::fs::read_dir(dir.path().join("journal"))
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
+        let bytes: u64 = segment_files(dir.path())
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
             .sum();
         assert!(
             bytes < 4 * 4096,
@@ -220,12 +234,7 @@ fn a_torn_tail_is_skipped_and_what_precedes_it_recovered() {
         let (j, _) = Journal::open(&config(dir.path())).unwrap();
         j.append_events(events.clone(), |_, _| {}).unwrap();
     }
-    let seg = std::fs::read_dir(dir.path().join("journal"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let seg = segment_files(dir.path()).pop().unwrap();
     std::fs::OpenOptions::new()
         .append(true)
         .open(&seg)
@@ -271,34 +280,71 @@ impl EventLog for HangingLog {
     }
 }
 
+#[test]
+fn a_live_process_journal_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, _) = Journal::open(&config(dir.path())).unwrap();
+    live.append_events([usage("live", 1)], |_, _| {}).unwrap();
+    // A second process (a CLI command beside the server) opens the same directory.
+    let (_other, rec) = Journal::open(&config(dir.path())).unwrap();
+    assert!(
+        rec.events.is_empty(),
+        "nothing of the live journal is taken"
+    );
+    _other.retire_recovered();
+    assert_eq!(
+        segments(dir.path()),
+        2,
+        "the live journal's segment is kept"
+    );
+    drop(live);
+    // Once its process is gone, it is recovered.
+    let (_third, rec) = Journal::open(&config(dir.path())).unwrap();
+    assert_eq!(rec.events.len(), 1);
+}
+
 #[tokio::test]
 async fn events_only_in_a_dead_publishers_memory_reach_the_log_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = PublisherConfig::new(dir.path().join("spool.db"));
     cfg.append_timeout = Duration::from_secs(3600);
     let events: Vec<Envelope> = (0..20).map(|i| usage(&format!("r{i}"), 1)).collect();
-    {
-        let tracker = TaskTracker::new();
-        let publisher = Publisher::start(
-            Arc::new(HangingLog),
-            cfg.clone(),
-            &tracker,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-        for e in &events {
-            publisher.publish(e.clone());
-        }
-        publisher.attempt_started(&attempt("inflight", 1)).unwrap();
-        assert_eq!(
-            publisher.stats().spool_events,
-            0,
-            "nothing reached the spool"
-        );
-        // "Crash": the publisher and its stuck worker are abandoned, never shut down.
-        std::mem::forget(publisher);
-    }
+    // The first "process" runs on its own runtime, which is then dropped with the
+    // events still in the publisher's memory (its log never answers): a crash.
+    let first = {
+        let cfg = cfg.clone();
+        let events = events.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let tracker = TaskTracker::new();
+                let publisher = Publisher::start(
+                    Arc::new(HangingLog),
+                    cfg,
+                    &tracker,
+                    CancellationToken::new(),
+                )
+                .await
+                .unwrap();
+                for e in events {
+                    publisher.publish(e);
+                }
+                publisher.attempt_started(&attempt("inflight", 1)).unwrap();
+                // Let the worker take the events and hang on the append.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(
+                    publisher.stats().spool_events,
+                    0,
+                    "nothing reached the spool"
+                );
+            });
+            drop(rt);
+        })
+    };
+    first.join().unwrap();
     let log = Arc::new(
         SqliteLog::open(&dir.path().join("events.db"))
             .await
