@@ -738,6 +738,20 @@ pub struct ServerToolLine {
     pub event_ids: Vec<String>,
 }
 
+/// One line of a statement: upstream attempts of a model whose usage is unknown (the
+/// relay died while they ran; see `Completeness::Unknown`). They carry no tokens and
+/// no cost, and are listed so that nothing upstream may have billed is silently
+/// missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnknownUsageLine {
+    /// Model requested.
+    pub model: String,
+    /// Attempts.
+    pub attempts: u64,
+    /// The usage event ids behind this line, sorted.
+    pub event_ids: Vec<String>,
+}
+
 /// Totals of a statement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatementTotals {
@@ -765,6 +779,8 @@ pub struct StatementTotals {
     pub cost_nanos: i64,
     /// Usage events priced by the unknown-model fallback.
     pub fallback_priced_events: u64,
+    /// Attempts whose usage is unknown (not in `requests`; see the unknown lines).
+    pub unknown_usage_attempts: u64,
 }
 
 /// A tenant's monthly statement (UTC month).
@@ -780,6 +796,8 @@ pub struct Statement {
     pub lines: Vec<StatementLine>,
     /// Server-tool lines ordered by tool, price version, unit price.
     pub server_tool_lines: Vec<ServerToolLine>,
+    /// Attempts of unknown usage, by model.
+    pub unknown_usage_lines: Vec<UnknownUsageLine>,
     /// Sums over the lines.
     pub totals: StatementTotals,
 }
@@ -841,7 +859,7 @@ pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statem
         "SELECT model, price_version, price_key, priced_by_fallback, unit_input, unit_output, \
          unit_cache_read, unit_cache_write_5m, unit_cache_write_1h, event_id, input_tokens, \
          output_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
-         cost_nanos, web_search_requests, web_fetch_requests FROM usage_ledger \
+         cost_nanos, web_search_requests, web_fetch_requests, completeness FROM usage_ledger \
          WHERE tenant = $1 AND day >= $2 AND day <= $3 ORDER BY event_id",
     )
     .bind(tenant)
@@ -853,7 +871,23 @@ pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statem
     let mut lines: BTreeMap<Key, StatementLine> = BTreeMap::new();
     let mut tool_lines: BTreeMap<(String, String, Decimal), ServerToolLine> = BTreeMap::new();
     let mut totals = StatementTotals::default();
+    let mut unknown: BTreeMap<String, UnknownUsageLine> = BTreeMap::new();
     for r in rows {
+        let completeness: String = r.try_get(18)?;
+        if completeness == "unknown" {
+            let model: String = r.try_get(0)?;
+            let line = unknown
+                .entry(model.clone())
+                .or_insert_with(|| UnknownUsageLine {
+                    model,
+                    attempts: 0,
+                    event_ids: Vec::new(),
+                });
+            line.attempts += 1;
+            line.event_ids.push(r.try_get(9)?);
+            totals.unknown_usage_attempts += 1;
+            continue;
+        }
         let units: [String; 5] = [
             r.try_get(4)?,
             r.try_get(5)?,
@@ -970,6 +1004,7 @@ pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statem
         currency: "USD".to_owned(),
         lines,
         server_tool_lines,
+        unknown_usage_lines: unknown.into_values().collect(),
         totals,
     })
 }
@@ -1036,6 +1071,26 @@ impl Statement {
                 l.event_ids.join(" "),
                 l.uses.to_string(),
                 l.unit_price.to_string(),
+            ]);
+            out.push_str(&cells.join(","));
+            out.push('\n');
+        }
+        for l in &self.unknown_usage_lines {
+            let mut cells = vec![
+                esc(&self.tenant),
+                esc(&self.month),
+                esc(&l.model),
+                String::new(),
+                "unknown_usage".to_owned(),
+                "false".to_owned(),
+                l.attempts.to_string(),
+            ];
+            cells.extend(std::iter::repeat_n(String::new(), 10));
+            cells.extend([
+                "0".to_owned(),
+                l.event_ids.join(" "),
+                String::new(),
+                String::new(),
             ]);
             out.push_str(&cells.join(","));
             out.push('\n');

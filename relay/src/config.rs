@@ -36,6 +36,14 @@ pub struct CommonConfig {
     )]
     pub nats_duplicate_window_secs: u64,
 
+    /// When the event journal (`<DATA_DIR>/journal`) calls fdatasync: `never` (page
+    /// cache only: a crash of the process loses nothing, an OS crash what the kernel
+    /// had not written back), a number of milliseconds (a background sync at that
+    /// interval bounds what an OS crash loses), or `always` (each response's events
+    /// are synced before its last byte is sent; group commit).
+    #[arg(long, env = "JOURNAL_FSYNC", default_value = "100", value_parser = ingest::journal::Fsync::parse, global = true)]
+    pub journal_fsync: ingest::journal::Fsync,
+
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace` or a tracing directive).
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,

@@ -64,6 +64,13 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
             "spool_events": stats.spool_events,
             "spool_bytes": stats.spool_bytes,
             "quarantine_events": stats.quarantine_events,
+            "journal": {
+                "fsync": format!("{:?}", state.publisher.journal_fsync()).to_lowercase(),
+                "failing": stats.journal.failing,
+                "segments": stats.journal.segments,
+                "open_attempts": stats.journal.open_attempts,
+                "write_errors_total": stats.journal.write_errors_total,
+            },
         },
         "accounts": {
             "total": snapshot.slots.len(),

@@ -71,6 +71,14 @@ pub fn cipher(common: &CommonConfig) -> anyhow::Result<Cipher> {
     )?)
 }
 
+/// The publisher's settings from the common configuration: spool and journal in
+/// `DATA_DIR`.
+pub fn publisher_config(common: &CommonConfig) -> PublisherConfig {
+    let mut c = PublisherConfig::new(common.data_dir.join("spool.db"));
+    c.journal.fsync = common.journal_fsync;
+    c
+}
+
 /// Builds the application state and starts the publisher.
 pub async fn build_state(
     common: CommonConfig,
@@ -87,7 +95,7 @@ pub async fn build_state(
         PublisherConfig {
             queue_capacity: config.event_queue_capacity,
             spool_max_events: config.event_spool_max_events,
-            ..PublisherConfig::new(common.data_dir.join("spool.db"))
+            ..publisher_config(&common)
         },
         &tracker,
         shutdown.clone(),

@@ -49,6 +49,7 @@ both!(
     unknown_model_is_priced_by_fallback_and_flagged,
     statement_total_equals_sum_of_event_costs,
     web_searches_are_priced_per_use_on_their_own_statement_line,
+    attempts_of_unknown_usage_have_their_own_statement_line,
     account_status_follows_health_and_counts,
     request_log_joins_usage_and_prunes,
     audit_log_keeps_admin_actions_and_auth_failures,
@@ -422,6 +423,39 @@ async fn web_searches_are_priced_per_use_on_their_own_statement_line(db: &TestDb
         "{row}"
     );
     assert!(csv.lines().last().unwrap().ends_with(",5,"), "{csv}");
+}
+
+async fn attempts_of_unknown_usage_have_their_own_statement_line(db: &TestDb) {
+    let log = MemLog::new();
+    let known = usage(&UsageSpec::default());
+    let mut lost = usage(&UsageSpec {
+        request: "req_lost".into(),
+        tokens: [0, 0, 0, 0, 0],
+        ..Default::default()
+    });
+    if let schema::Event::UsageRecorded(u) = &mut lost.event {
+        u.completeness = schema::Completeness::Unknown;
+        u.status = 0;
+    }
+    log.push_all(&[known.clone(), lost.clone(), lost.clone()]);
+    catch_up(&db.pool, log).await;
+    let st = read::statement(&db.pool, "acme", "2026-11").await.unwrap();
+    assert_eq!(st.unknown_usage_lines.len(), 1, "{st:#?}");
+    let u = &st.unknown_usage_lines[0];
+    assert_eq!(u.attempts, 1, "a duplicate counts once");
+    assert_eq!(u.event_ids, vec![lost.id.to_string()]);
+    assert_eq!(st.totals.unknown_usage_attempts, 1);
+    // Priced lines and totals hold the known usage only.
+    assert_eq!(st.totals.requests, 1);
+    assert_eq!(st.lines.len(), 1);
+    assert_eq!(st.lines[0].event_ids, vec![known.id.to_string()]);
+    assert_eq!(st.totals.cost, st.lines[0].cost);
+    let csv = st.to_csv();
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",unknown_usage,") && l.contains(&lost.id.to_string())),
+        "{csv}"
+    );
 }
 
 async fn account_status_follows_health_and_counts(db: &TestDb) {

@@ -276,6 +276,23 @@ pub struct StatusPublisher {
     pub spool_bytes: u64,
     /// Events the log refused for good, set aside in the spool file's quarantine.
     pub quarantine_events: u64,
+    /// The local journal every event is written to first.
+    pub journal: StatusJournal,
+}
+
+/// The publisher's journal in the status.
+#[derive(ToSchema)]
+pub struct StatusJournal {
+    /// The sync policy: `never`, `interval(…)` or `always` (`JOURNAL_FSYNC`).
+    pub fsync: String,
+    /// Whether the last write failed (new requests are refused while it does).
+    pub failing: bool,
+    /// Segment files of this process.
+    pub segments: u64,
+    /// Upstream attempts started and not yet ended.
+    pub open_attempts: u64,
+    /// Failed writes since start.
+    pub write_errors_total: u64,
 }
 
 /// The account pool in the status.

@@ -15,7 +15,7 @@ use crate::config::CommonConfig;
 use crate::keys::KeyStore;
 use crate::services::{ServiceError, ServiceSettings, Services};
 use crate::startup;
-use ingest::publisher::{Publisher, PublisherConfig};
+use ingest::publisher::Publisher;
 use ingest::EventLog;
 use sqlx::AnyPool;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ impl Context {
         let shutdown = CancellationToken::new();
         let publisher = Publisher::start(
             log.clone(),
-            PublisherConfig::new(common.data_dir.join("spool.db")),
+            startup::publisher_config(&common),
             &tracker,
             shutdown.clone(),
         )

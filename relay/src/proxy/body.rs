@@ -94,9 +94,13 @@ pub struct Finish {
     pub first_byte: Option<Instant>,
 }
 
+/// A wait for a request's events to be durable (see [`RequestCtx::durable`]).
+type Durable = futures::future::BoxFuture<'static, ()>;
+
 impl Finish {
-    /// Publishes the attempt's usage and the request's end.
-    fn close(mut self, tap: &Tap, completeness: Completeness, outcome: Outcome) {
+    /// Publishes the attempt's usage and the request's end. Returns a wait for them to
+    /// be durable when the journal syncs each record.
+    fn close(mut self, tap: &Tap, completeness: Completeness, outcome: Outcome) -> Option<Durable> {
         self.ctx.add_upstream(self.attempt_started.elapsed());
         let (usage, model, error_type) = tap.summary();
         let account = self.lease.account().id.clone();
@@ -135,6 +139,7 @@ impl Finish {
             error_type,
             upstream_request_id: self.upstream_request_id.take(),
         });
+        self.ctx.durable()
     }
 }
 
@@ -152,6 +157,9 @@ pub struct ProxyBody {
     last_upstream: tokio::time::Instant,
     /// When the last keepalive went out.
     last_keepalive: tokio::time::Instant,
+    /// The response's last chunk (`None`: its end), held back until the request's
+    /// events are durable.
+    held: Option<(Option<Bytes>, Durable)>,
     done: bool,
 }
 
@@ -176,6 +184,7 @@ impl ProxyBody {
             forwarded: 0,
             last_upstream: tokio::time::Instant::now(),
             last_keepalive: tokio::time::Instant::now(),
+            held: None,
             done: false,
         }
     }
@@ -195,17 +204,63 @@ impl ProxyBody {
         }
     }
 
-    /// Closes the request (once).
-    fn close(&mut self, completeness: Completeness, outcome: Outcome) {
+    /// Closes the request (once). Returns the wait for its events to be durable.
+    fn close(&mut self, completeness: Completeness, outcome: Outcome) -> Option<Durable> {
         self.done = true;
         self.upstream = None;
-        if let Some(f) = self.finish.take() {
-            f.close(&self.tap, completeness, outcome);
+        self.finish
+            .take()
+            .and_then(|f| f.close(&self.tap, completeness, outcome))
+    }
+
+    /// Closes the request and sends `last` (`None`: the end of the body) only once its
+    /// events are durable: they were written to the journal by `close`, before the
+    /// client has the whole response.
+    /// A stream (`ends: false`) keeps forwarding whatever upstream sends after
+    /// `message_stop`.
+    fn close_then(
+        &mut self,
+        completeness: Completeness,
+        outcome: Outcome,
+        last: Option<Bytes>,
+        ends: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBroken>>> {
+        let wait = if ends {
+            self.close(completeness, outcome)
+        } else {
+            self.finish
+                .take()
+                .and_then(|f| f.close(&self.tap, completeness, outcome))
+        };
+        match wait {
+            Some(wait) => {
+                self.held = Some((last, wait));
+                self.poll_held(cx)
+            }
+            None => Poll::Ready(last.map(|b| Ok(Frame::data(b)))),
         }
     }
 
+    fn poll_held(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBroken>>> {
+        let Some((_, wait)) = &mut self.held else {
+            return Poll::Ready(None);
+        };
+        if wait.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let last = self.held.take().and_then(|(b, _)| b);
+        Poll::Ready(last.map(|b| Ok(Frame::data(b))))
+    }
+
     /// Upstream ended cleanly.
-    fn upstream_ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, UpstreamBroken>>> {
+    fn upstream_ended(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBroken>>> {
         if let Tap::Sse(t) = &self.tap {
             if !t.saw_stop() {
                 if t.error().is_some() {
@@ -216,8 +271,7 @@ impl ProxyBody {
             }
         }
         let outcome = self.outcome_for_status();
-        self.close(Completeness::Complete, outcome);
-        Poll::Ready(None)
+        self.close_then(Completeness::Complete, outcome, None, true, cx)
     }
 
     /// Upstream broke (read error or idle timeout).
@@ -274,6 +328,9 @@ impl http_body::Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if this.held.is_some() {
+            return this.poll_held(cx);
+        }
         if this.done {
             return Poll::Ready(None);
         }
@@ -293,11 +350,23 @@ impl http_body::Body for ProxyBody {
                     this.last_upstream = tokio::time::Instant::now();
                     this.mark_first_byte();
                     this.forwarded += chunk.len() as u64;
-                    if this.size.is_some_and(|n| this.forwarded >= n) {
-                        // A sized body is over when its last byte is out; the server
-                        // may not poll again for the end.
+                    // The request is complete with this chunk: a stream's
+                    // `message_stop`, or a sized body's last byte (the server may not
+                    // poll again for the end). Its events are journalled before the
+                    // chunk goes out.
+                    let (complete, ends) = match &this.tap {
+                        Tap::Sse(t) => (t.saw_stop(), false),
+                        _ => (this.size.is_some_and(|n| this.forwarded >= n), true),
+                    };
+                    if complete && this.finish.is_some() {
                         let outcome = this.outcome_for_status();
-                        this.close(Completeness::Complete, outcome);
+                        return this.close_then(
+                            Completeness::Complete,
+                            outcome,
+                            Some(chunk),
+                            ends,
+                            cx,
+                        );
                     }
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
@@ -309,7 +378,7 @@ impl http_body::Body for ProxyBody {
                     };
                     return this.upstream_failed(why);
                 }
-                Poll::Ready(None) => return this.upstream_ended(),
+                Poll::Ready(None) => return this.upstream_ended(cx),
                 Poll::Pending => break,
             }
         }
@@ -417,11 +486,14 @@ impl Drop for ProxyBody {
                 };
                 state.tracker.spawn(drain(up, tap, finish, limits));
             }
-            _ => finish.close(
-                &tap,
-                Completeness::ClientDisconnectedPartial,
-                Outcome::ClientDisconnected,
-            ),
+            _ => {
+                // Nobody waits for these: the client is gone.
+                let _ = finish.close(
+                    &tap,
+                    Completeness::ClientDisconnectedPartial,
+                    Outcome::ClientDisconnected,
+                );
+            }
         }
     }
 }
@@ -473,7 +545,9 @@ async fn drain(mut up: UpstreamStream, mut tap: Tap, finish: Finish, limits: Dra
         Completeness::ClientDisconnectedPartial
     };
     let state = finish.ctx.state.clone();
-    finish.close(&tap, completeness, Outcome::ClientDisconnected);
+    if let Some(wait) = finish.close(&tap, completeness, Outcome::ClientDisconnected) {
+        wait.await;
+    }
     state.proxy.drains.fetch_sub(1, Ordering::AcqRel);
 }
 

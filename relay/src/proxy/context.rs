@@ -120,6 +120,8 @@ pub struct RequestCtx {
     permit: std::sync::Mutex<Option<crate::limits::engine::Permit>>,
     /// Cost of the usage recorded so far, nanodollars (kept only when limited).
     cost_nanos: std::sync::atomic::AtomicI64,
+    /// Journal sequence number of the newest event this request published.
+    last_seq: std::sync::atomic::AtomicU64,
     /// Held until the last event is published (see `Publisher::admit`).
     _admission: Admission,
 }
@@ -151,6 +153,7 @@ impl RequestCtx {
             attempts: 0,
             permit: std::sync::Mutex::new(None),
             cost_nanos: std::sync::atomic::AtomicI64::new(0),
+            last_seq: std::sync::atomic::AtomicU64::new(0),
             _admission: admission,
         }
     }
@@ -198,7 +201,54 @@ impl RequestCtx {
         if account.is_some() {
             env = env.with_account(account);
         }
-        self.state.publisher.publish(env);
+        let seq = self.state.publisher.publish(env);
+        self.last_seq
+            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A wait for the events published so far to be as durable as the journal is
+    /// configured to make them; `None` when they already are (they were written to
+    /// the journal when published, and it does not sync each record).
+    pub fn durable(&self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        let seq = self.last_seq.load(std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .publisher
+            .durable(seq)
+            .map(|f| Box::pin(f) as futures::future::BoxFuture<'static, ()>)
+    }
+
+    /// Journals an upstream attempt before it is sent, so that a crash mid-attempt
+    /// is recorded as usage of completeness `unknown` on restart. Only attempts that
+    /// can consume billable tokens are journalled.
+    pub fn journal_attempt(&self, account: &AccountId, attempt: u32) -> Result<(), ApiError> {
+        if !self.endpoint.records_usage() {
+            return Ok(());
+        }
+        let start = ingest::journal::AttemptStart {
+            request_id: self.request_id.clone(),
+            attempt,
+            account: account.clone(),
+            tenant: Some(self.key.tenant.clone()),
+            api_key: Some(self.key.id.clone()),
+            model: self.model.clone().unwrap_or_else(|| "unknown".to_owned()),
+            stream: self.stream,
+            endpoint: self.endpoint.as_str().to_owned(),
+            started_at: Utc::now(),
+        };
+        match self.state.publisher.attempt_started(&start) {
+            Ok(seq) => {
+                self.last_seq
+                    .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot journal an upstream attempt; not sending it");
+                Err(ApiError::unavailable(
+                    "relay: the event journal cannot be written; the request was not sent",
+                    Some(5),
+                ))
+            }
+        }
     }
 
     /// Records the usage of one attempt.

@@ -136,6 +136,9 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
         if ctx.endpoint.has_body() {
             rb = rb.body(body.clone());
         }
+        if let Err(e) = ctx.journal_attempt(&account.id, attempt) {
+            return ctx.reject(e);
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(head_timeout, rb.send()).await;
         proxy

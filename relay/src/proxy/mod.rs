@@ -239,8 +239,13 @@ async fn metrics(State(state): State<ProxyDeps>) -> Response {
          # HELP relay_event_spool_events Events spooled locally while the log is unreachable.\n# TYPE relay_event_spool_events gauge\nrelay_event_spool_events {}\n\
          # HELP relay_event_spool_bytes Bytes in the local event spool.\n# TYPE relay_event_spool_bytes gauge\nrelay_event_spool_bytes {}\n\
          # HELP relay_events_published_total Events acknowledged by the log.\n# TYPE relay_events_published_total counter\nrelay_events_published_total {}\n\
-         # HELP relay_event_quarantine_events Events the log refused for good, set aside.\n# TYPE relay_event_quarantine_events gauge\nrelay_event_quarantine_events {}\n",
-        stats.queue_depth, stats.spool_events, stats.spool_bytes, stats.published_total, stats.quarantine_events
+         # HELP relay_event_quarantine_events Events the log refused for good, set aside.\n# TYPE relay_event_quarantine_events gauge\nrelay_event_quarantine_events {}\n\
+         # HELP relay_journal_records_total Records written to the local event journal.\n# TYPE relay_journal_records_total counter\nrelay_journal_records_total {}\n\
+         # HELP relay_journal_write_errors_total Failed journal writes (requests are refused while writes fail).\n# TYPE relay_journal_write_errors_total counter\nrelay_journal_write_errors_total {}\n\
+         # HELP relay_journal_syncs_total Journal fdatasync calls.\n# TYPE relay_journal_syncs_total counter\nrelay_journal_syncs_total {}\n\
+         # HELP relay_journal_open_attempts Upstream attempts journalled and not yet ended.\n# TYPE relay_journal_open_attempts gauge\nrelay_journal_open_attempts {}\n",
+        stats.queue_depth, stats.spool_events, stats.spool_bytes, stats.published_total, stats.quarantine_events,
+        stats.journal.records_total, stats.journal.write_errors_total, stats.journal.syncs_total, stats.journal.open_attempts
     );
     extra.push_str("# HELP relay_account_state Health state of each upstream account (1 = current).\n# TYPE relay_account_state gauge\n");
     let snapshot = state.proxy.pool.snapshot();

@@ -161,8 +161,23 @@ pub struct Statement {
     pub lines: Vec<StatementLine>,
     /// Server-tool lines ordered by tool, price version, unit price.
     pub server_tool_lines: Vec<ServerToolLine>,
+    /// Upstream attempts whose usage is unknown (the relay died while they ran), by
+    /// model: no tokens, no cost, listed so nothing upstream may have billed is
+    /// silently missing.
+    pub unknown_usage_lines: Vec<UnknownUsageLine>,
     /// Sums over the lines.
     pub totals: StatementTotals,
+}
+
+/// One line of a statement: attempts of unknown usage for a model.
+#[derive(ToSchema)]
+pub struct UnknownUsageLine {
+    /// Model requested.
+    pub model: String,
+    /// Attempts.
+    pub attempts: u64,
+    /// The usage event ids behind this line, sorted.
+    pub event_ids: Vec<String>,
 }
 
 /// One line of a statement: a server tool billed per use, at one price.
@@ -252,6 +267,8 @@ pub struct StatementTotals {
     pub cost_nanos: i64,
     /// Usage events priced by the unknown-model fallback.
     pub fallback_priced_events: u64,
+    /// Attempts whose usage is unknown (not in `requests`; see the unknown lines).
+    pub unknown_usage_attempts: u64,
 }
 
 /// Unit prices of one event in USD per million tokens, multipliers applied.

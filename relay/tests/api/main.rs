@@ -14,6 +14,7 @@ mod cli_projections;
 mod clients;
 mod edge;
 mod failover;
+mod faults;
 mod forwarding;
 mod fuzz;
 mod limits;

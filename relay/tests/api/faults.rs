@@ -1,0 +1,375 @@
+//! Faults an operator meets, against the real `relay` binary: `kill -9` under
+//! streaming and non-streaming load, then a restart on the same `DATA_DIR`. After each,
+//! the billing invariant must hold: every response a client completed has exactly one
+//! usage event, every attempt the mock served has one (or, cut short by the crash, one
+//! of completeness `unknown`), nothing is counted twice, and the tenant's statement
+//! is the sum of the events.
+
+use crate::ADMIN_PASSWORD;
+use bench::mock::{MockConfig, MockUpstream};
+use ingest::EventLog;
+use schema::{Completeness, Envelope, Event};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn relay_cmd(data_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATA_DIR", data_dir)
+        .env("LOG_LEVEL", "warn")
+        .env("UPSTREAM_ALLOW_PRIVATE", "true")
+        .env("DEFAULT_ADMIN_USERNAME", "admin")
+        .env("DEFAULT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("NO_COLOR", "1");
+    c
+}
+
+fn run_ok(mut cmd: Command, stdin: &str) -> String {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `relay serve` on a fixed port, so a restart answers at the same address.
+struct Served {
+    child: Child,
+}
+
+impl Served {
+    async fn start(data_dir: &Path, port: u16) -> Served {
+        #[expect(clippy::zombie_processes, reason = "Drop kills and waits")]
+        let mut child = relay_cmd(data_dir)
+            .arg("serve")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            // Drained so the child never blocks on a full pipe.
+            for _ in BufReader::new(stderr).lines().map_while(Result::ok) {}
+        });
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = http
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ok {
+                return Served { child };
+            }
+            assert!(Instant::now() < deadline, "relay did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no drain, no flush.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    /// Request ids of responses read to their end (a stream to `message_stop`).
+    completed: BTreeSet<String>,
+    /// Responses started.
+    started: u64,
+}
+
+/// One client: requests back to back, alternating streaming and not, until `stop`.
+async fn client(
+    port: u16,
+    key: String,
+    stream_every: u64,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let http = reqwest::Client::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let stream = n.is_multiple_of(stream_every);
+        let body = serde_json::json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 64,
+            "stream": stream,
+            "messages": [{"role": "user", "content": format!("hello {n}")}],
+        });
+        let resp = http
+            .post(format!("http://127.0.0.1:{port}/v1/messages"))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await;
+        let Ok(resp) = resp else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        if resp.status() != 200 {
+            continue;
+        }
+        seen.lock().unwrap().started += 1;
+        let id = resp
+            .headers()
+            .get("x-relay-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let Ok(text) = resp.text().await else {
+            continue;
+        };
+        let complete = if stream {
+            text.contains("event: message_stop")
+        } else {
+            serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["usage"].is_object())
+        };
+        if complete {
+            seen.lock().unwrap().completed.insert(id);
+        }
+    }
+}
+
+async fn read_events(data_dir: &Path) -> Vec<Envelope> {
+    let log = ingest::sqlite::SqliteLog::open(&data_dir.join("events.db"))
+        .await
+        .unwrap();
+    ingest::testing::read_all(&log as &dyn EventLog)
+        .await
+        .into_iter()
+        .map(|s| s.envelope)
+        .collect()
+}
+
+/// Usage events by (request, attempt).
+type UsageIndex<'a> = BTreeMap<(String, u32), Vec<&'a schema::UsageRecorded>>;
+
+/// Usage events by (request, attempt), and `request.finished` counts by request.
+fn index(events: &[Envelope]) -> (UsageIndex<'_>, HashMap<String, u32>) {
+    let mut usage = UsageIndex::new();
+    let mut finished: HashMap<String, u32> = HashMap::new();
+    let mut ids = BTreeSet::new();
+    for e in events {
+        // The log deduplicates on the id; a second copy would be a bug there.
+        assert!(ids.insert(e.id), "event {} stored twice", e.id);
+        let Some(r) = e.request_id.clone() else {
+            continue;
+        };
+        match &e.event {
+            Event::UsageRecorded(u) => usage.entry((r, u.attempt)).or_default().push(u),
+            Event::RequestFinished(_) => *finished.entry(r).or_default() += 1,
+            _ => {}
+        }
+    }
+    (usage, finished)
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_no_usage_and_counts_nothing_twice() {
+    let mock = MockUpstream::start_with(MockConfig {
+        event_interval: Duration::from_millis(3),
+        text_chunks: 20,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut add = relay_cmd(&data);
+    add.args([
+        "accounts",
+        "add",
+        "--name",
+        "main",
+        "--base-url",
+        &mock.base_url(),
+    ]);
+    run_ok(add, "sk-ant-api03-fault-suite\n");
+    let mut create = relay_cmd(&data);
+    create.args(["keys", "create", "--name", "load", "--tenant", "acme"]);
+    let key = run_ok(create, "").lines().last().unwrap().trim().to_owned();
+
+    let port = free_port();
+    let served = Served::start(&data, port).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            // Two thirds of the clients stream.
+            let every = if i % 3 == 0 { 1_000_000 } else { 1 };
+            tokio::spawn(client(port, key.clone(), every, stop.clone(), seen.clone()))
+        })
+        .collect();
+    // Load until a good number of responses completed, then kill mid-flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().completed.len() < 400 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    served.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let served_by_mock = mock.request_count();
+
+    // Restart on the same data directory: the journal is replayed.
+    let served = Served::start(&data, port).await;
+    let completed = seen.lock().unwrap().completed.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = read_events(&data).await;
+        let (usage, _) = index(&events);
+        let missing = completed
+            .iter()
+            .filter(|r| !usage.contains_key(&((*r).clone(), 1)))
+            .count();
+        if missing == 0 && usage.len() >= served_by_mock {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} completed responses have no usage event; {} usage events for {served_by_mock} attempts the mock served",
+            completed.len(),
+            usage.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (usage, finished) = index(&events);
+    // Nothing twice: one usage event per attempt, one end per request.
+    for (k, v) in &usage {
+        assert_eq!(v.len(), 1, "attempt {k:?} has {} usage events", v.len());
+    }
+    for (r, n) in &finished {
+        assert_eq!(*n, 1, "request {r} finished {n} times");
+    }
+    // Every completed response was billed in full.
+    for r in &completed {
+        let u = usage[&(r.clone(), 1)][0];
+        assert_eq!(u.completeness, Completeness::Complete, "request {r}");
+        assert!(u.input_tokens > 0, "request {r}");
+    }
+    // Every attempt the mock served has a usage event; those cut short are `unknown`.
+    let unknown = usage
+        .values()
+        .filter(|v| v[0].completeness == Completeness::Unknown)
+        .count();
+    let known = usage.len() - unknown;
+    assert!(
+        usage.len() >= served_by_mock,
+        "{} usage events, {served_by_mock} attempts served",
+        usage.len()
+    );
+    assert!(
+        known <= served_by_mock,
+        "{known} known usages, {served_by_mock} served"
+    );
+    assert!(
+        completed.len() <= known,
+        "{} completed, {known} known",
+        completed.len()
+    );
+    tracing::info!(
+        completed = completed.len(),
+        served_by_mock,
+        known,
+        unknown,
+        "kill -9 fault"
+    );
+    // Every request with usage has its end, real or recorded at recovery.
+    for (r, _) in usage.keys() {
+        assert!(finished.contains_key(r), "request {r} never finished");
+    }
+
+    // The statement is the sum of the events, the unknown attempts on their own line.
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let token: String = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let input: u64 = usage.values().map(|v| v[0].input_tokens).sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st: serde_json::Value = http
+            .get(format!(
+                "{base}/api/v1/statements?tenant=acme&month={month}"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let t = &st["totals"];
+        let seen = (
+            t["requests"].as_u64(),
+            t["input_tokens"].as_u64(),
+            t["unknown_usage_attempts"].as_u64(),
+        );
+        if seen == (Some(known as u64), Some(input), Some(unknown as u64)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "statement {seen:?}, events say ({known}, {input}, {unknown}): {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(served);
+    mock.shutdown().await;
+}
