@@ -102,11 +102,7 @@ impl Default for ProjectorOptions {
             lease_ttl: Duration::from_secs(30),
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
-            holder: format!(
-                "pid{}-{}",
-                std::process::id(),
-                uuid::Uuid::now_v7().simple()
-            ),
+            holder: holder::new_holder(),
         }
     }
 }
@@ -189,7 +185,164 @@ pub(crate) async fn try_lease(
     .bind(now)
     .execute(db)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() == 1 {
+        return Ok(true);
+    }
+    // Held and not expired. If the holder is a process of this machine that is gone
+    // (a crash, a kill -9), waiting for the lease to expire only delays usage: take it
+    // over now. The update names the dead holder, so two takers cannot both win.
+    let current: Option<(String,)> = sqlx::query_as("SELECT holder FROM leases WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    let Some((current,)) = current else {
+        return Ok(false);
+    };
+    if !holder::is_dead(&current) {
+        return Ok(false);
+    }
+    let taken =
+        sqlx::query("UPDATE leases SET holder = $1, until_ms = $2 WHERE name = $3 AND holder = $4")
+            .bind(holder)
+            .bind(now.saturating_add(ttl_ms(ttl)))
+            .bind(name)
+            .bind(&current)
+            .execute(db)
+            .await?;
+    let took = taken.rows_affected() == 1;
+    if took {
+        tracing::info!(lease = name, previous = %current, "took over the lease of a process that is gone");
+    }
+    Ok(took)
+}
+
+/// Lease holder names that say which process holds them, so that a restarted process
+/// can prove the previous holder is gone instead of waiting for its lease to expire.
+///
+/// A holder is `host:<boot id>:<pid namespace>:<pid>:<start time>:<uuid>`. A holder
+/// is provably dead when it names this machine's boot and pid namespace and no process
+/// with that pid and start time exists. Anything else (another machine, another
+/// container, an older name) is never taken over before its lease expires.
+pub mod holder {
+    /// This process's identity: boot id, pid namespace, pid, start time.
+    fn me() -> Option<(String, String, u32, String)> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        let pid = std::process::id();
+        let start = start_time(pid)?;
+        Some((
+            boot.trim().to_owned(),
+            ns.to_string_lossy().into_owned(),
+            pid,
+            start,
+        ))
+    }
+
+    /// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
+    fn start_time(pid: u32) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is in parentheses and may contain anything.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(19).map(str::to_owned)
+    }
+
+    /// A fresh holder name for this process.
+    pub fn new_holder() -> String {
+        let id = uuid::Uuid::now_v7().simple();
+        match me() {
+            Some((boot, ns, pid, start)) => format!("host:{boot}:{ns}:{pid}:{start}:{id}"),
+            None => format!("pid{}-{id}", std::process::id()),
+        }
+    }
+
+    /// Whether `holder` names a process of this machine and pid namespace that no
+    /// longer runs.
+    pub fn is_dead(holder: &str) -> bool {
+        let Some((boot, ns, _, _)) = me() else {
+            return false;
+        };
+        dead_by(holder, &boot, &ns, start_time)
+    }
+
+    /// [`is_dead`] with the process lookup passed in.
+    pub fn dead_by(
+        holder: &str,
+        boot: &str,
+        ns: &str,
+        start_of: impl Fn(u32) -> Option<String>,
+    ) -> bool {
+        // The namespace reads `pid:[4026531836]` and holds the separator itself, so
+        // the known prefixes are stripped rather than split.
+        let Some(rest) = holder
+            .strip_prefix("host:")
+            .and_then(|r| r.strip_prefix(boot))
+            .and_then(|r| r.strip_prefix(':'))
+            .and_then(|r| r.strip_prefix(ns))
+            .and_then(|r| r.strip_prefix(':'))
+        else {
+            return false;
+        };
+        let mut tail = rest.splitn(3, ':');
+        let (Some(pid), Some(start)) = (tail.next(), tail.next()) else {
+            return false;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            return false;
+        };
+        start_of(pid).as_deref() != Some(start)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::dead_by;
+
+        const BOOT: &str = "b00t";
+        const NS: &str = "pid:[4026531836]";
+
+        fn lookup(pid: u32) -> Option<String> {
+            match pid {
+                10 => Some("555".into()),
+                _ => None,
+            }
+        }
+
+        #[test]
+        fn only_a_gone_process_of_this_boot_and_namespace_is_dead() {
+            let cases = [
+                (
+                    "host:b00t:pid:[4026531836]:10:555:u1",
+                    false,
+                    "alive, same start",
+                ),
+                (
+                    "host:b00t:pid:[4026531836]:10:444:u1",
+                    true,
+                    "pid reused by another process",
+                ),
+                (
+                    "host:b00t:pid:[4026531836]:11:555:u1",
+                    true,
+                    "no such process",
+                ),
+                (
+                    "host:other:pid:[4026531836]:11:555:u1",
+                    false,
+                    "another boot or machine",
+                ),
+                (
+                    "host:b00t:pid:[4026532000]:11:555:u1",
+                    false,
+                    "another pid namespace",
+                ),
+                ("pid11-u1", false, "an older holder name"),
+                ("host:b00t:pid:[4026531836]:x:555:u1", false, "garbage"),
+                ("", false, "empty"),
+            ];
+            for (holder, dead, why) in cases {
+                assert_eq!(dead_by(holder, BOOT, NS, lookup), dead, "{why}: {holder}");
+            }
+        }
+    }
 }
 
 /// Extends our lease inside `conn` (typically the batch transaction); `LeaseLost` when

@@ -16,6 +16,7 @@ both!(
     aborted_task_then_restart_gives_identical_rows,
     stream_error_resubscribes_from_checkpoint,
     lease_keeps_a_second_runner_out,
+    lease_of_a_process_that_is_gone_is_taken_over_at_once,
     checkpoint_only_moves_forward,
     newer_event_version_stops_the_projector,
     group_catches_up_members_at_different_checkpoints,
@@ -356,6 +357,49 @@ async fn lease_keeps_a_second_runner_out(db: &TestDb) {
     stop.cancel();
     task.await.unwrap().unwrap();
     assert_eq!(second.run_until_caught_up().await.unwrap(), 50);
+}
+
+async fn lease_of_a_process_that_is_gone_is_taken_over_at_once(db: &TestDb) {
+    let log = MemLog::new();
+    log.push_all(&workload(20));
+    let usage = projections::all(prices()).remove(0);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let far = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    let put = |holder: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("DELETE FROM leases WHERE name = 'usage'")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO leases (name, holder, until_ms) VALUES ('usage', $1, $2)")
+                .bind(holder)
+                .bind(far)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    // A live holder (this very process, another runner) keeps its lease.
+    put(projections::runner::holder::new_holder()).await;
+    let runner = Projector::new(db.pool.clone(), log.clone(), usage.clone());
+    assert!(matches!(
+        runner.run_until_caught_up().await,
+        Err(projections::Error::LeaseHeld { .. })
+    ));
+    // A holder on another machine is waited for.
+    put(format!("host:another-boot:{}:{dead_pid}:1:x", ns.display())).await;
+    assert!(matches!(
+        runner.run_until_caught_up().await,
+        Err(projections::Error::LeaseHeld { .. })
+    ));
+    // A process of this machine that exited an hour before its lease ends is gone.
+    put(format!("host:{}:{}:{dead_pid}:1:x", boot.trim(), ns.display())).await;
+    assert_eq!(runner.run_until_caught_up().await.unwrap(), 20);
 }
 
 async fn checkpoint_only_moves_forward(db: &TestDb) {
