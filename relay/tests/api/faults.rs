@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn relay_cmd(data_dir: &Path) -> Command {
+fn relay_cmd(data_dir: &Path, env: &[(String, String)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
     c.env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("DATA_DIR", data_dir)
         .env("LOG_LEVEL", "warn")
@@ -58,9 +59,9 @@ struct Served {
 }
 
 impl Served {
-    async fn start(data_dir: &Path, port: u16) -> Served {
+    async fn start(data_dir: &Path, env: &[(String, String)], port: u16) -> Served {
         #[expect(clippy::zombie_processes, reason = "Drop kills and waits")]
-        let mut child = relay_cmd(data_dir)
+        let mut child = relay_cmd(data_dir, env)
             .arg("serve")
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
@@ -174,15 +175,47 @@ async fn client(
     }
 }
 
-async fn read_events(data_dir: &Path) -> Vec<Envelope> {
-    let log = ingest::sqlite::SqliteLog::open(&data_dir.join("events.db"))
-        .await
-        .unwrap();
-    ingest::testing::read_all(&log as &dyn EventLog)
-        .await
-        .into_iter()
-        .map(|s| s.envelope)
-        .collect()
+/// Where the relay's events are.
+enum Backend {
+    /// `DATA_DIR/events.db`.
+    Embedded,
+    /// A private nats-server.
+    JetStream(nats::testing::NatsServer),
+}
+
+impl Backend {
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Backend::Embedded => Vec::new(),
+            Backend::JetStream(n) => vec![
+                ("NATS_URL".into(), n.url()),
+                (
+                    "JWT_SECRET".into(),
+                    "a-jwt-secret-for-the-fault-suite-0123456789".into(),
+                ),
+            ],
+        }
+    }
+
+    async fn read_events(&self, data_dir: &Path) -> Vec<Envelope> {
+        let log: Box<dyn EventLog> = match self {
+            Backend::Embedded => Box::new(
+                ingest::sqlite::SqliteLog::open(&data_dir.join("events.db"))
+                    .await
+                    .unwrap(),
+            ),
+            Backend::JetStream(n) => Box::new(
+                nats::JetStreamLog::connect(&n.url(), nats::StreamSettings::default())
+                    .await
+                    .unwrap(),
+            ),
+        };
+        ingest::testing::read_all(log.as_ref())
+            .await
+            .into_iter()
+            .map(|s| s.envelope)
+            .collect()
+    }
 }
 
 /// Usage events by (request, attempt).
@@ -210,6 +243,17 @@ fn index(events: &[Envelope]) -> (UsageIndex<'_>, HashMap<String, u32>) {
 
 #[tokio::test]
 async fn kill_9_under_load_loses_no_usage_and_counts_nothing_twice() {
+    kill_9_scenario(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn kill_9_during_a_jetstream_outage_loses_no_usage_and_counts_nothing_twice() {
+    kill_9_scenario(Backend::JetStream(nats::testing::NatsServer::start().await)).await;
+}
+
+/// Load, then (JetStream) the log goes away while the load goes on, then `kill -9`,
+/// then (JetStream) the log comes back and the relay restarts.
+async fn kill_9_scenario(mut backend: Backend) {
     let mock = MockUpstream::start_with(MockConfig {
         event_interval: Duration::from_millis(3),
         text_chunks: 20,
@@ -219,7 +263,8 @@ async fn kill_9_under_load_loses_no_usage_and_counts_nothing_twice() {
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut add = relay_cmd(&data);
+    let env = backend.env();
+    let mut add = relay_cmd(&data, &env);
     add.args([
         "accounts",
         "add",
@@ -229,12 +274,12 @@ async fn kill_9_under_load_loses_no_usage_and_counts_nothing_twice() {
         &mock.base_url(),
     ]);
     run_ok(add, "sk-ant-api03-fault-suite\n");
-    let mut create = relay_cmd(&data);
+    let mut create = relay_cmd(&data, &env);
     create.args(["keys", "create", "--name", "load", "--tenant", "acme"]);
     let key = run_ok(create, "").lines().last().unwrap().trim().to_owned();
 
     let port = free_port();
-    let served = Served::start(&data, port).await;
+    let served = Served::start(&data, &env, port).await;
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let clients: Vec<_> = (0..24)
@@ -246,9 +291,21 @@ async fn kill_9_under_load_loses_no_usage_and_counts_nothing_twice() {
         .collect();
     // Load until a good number of responses completed, then kill mid-flight.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.lock().unwrap().completed.len() < 400 {
-        assert!(Instant::now() < deadline, "the load never got going");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let wait_completed = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            while seen.lock().unwrap().completed.len() < n {
+                assert!(Instant::now() < deadline, "the load never got going");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_completed(300).await;
+    if let Backend::JetStream(n) = &mut backend {
+        // The log goes away; the relay keeps serving (its events wait in memory for
+        // the append timeout, in the journal, or in the spool).
+        n.stop().await;
+        wait_completed(600).await;
     }
     served.kill9();
     stop.store(true, Ordering::Relaxed);
@@ -256,13 +313,16 @@ async fn kill_9_under_load_loses_no_usage_and_counts_nothing_twice() {
         c.await.unwrap();
     }
     let served_by_mock = mock.request_count();
+    if let Backend::JetStream(n) = &mut backend {
+        n.start_again().await;
+    }
 
     // Restart on the same data directory: the journal is replayed.
-    let served = Served::start(&data, port).await;
+    let served = Served::start(&data, &env, port).await;
     let completed = seen.lock().unwrap().completed.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let events = loop {
-        let events = read_events(&data).await;
+        let events = backend.read_events(&data).await;
         let (usage, _) = index(&events);
         let missing = completed
             .iter()
