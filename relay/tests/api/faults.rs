@@ -180,7 +180,7 @@ enum Backend {
     /// `DATA_DIR/events.db`.
     Embedded,
     /// A private nats-server.
-    JetStream(nats::testing::NatsServer),
+    JetStream(Box<nats::testing::NatsServer>),
 }
 
 impl Backend {
@@ -248,7 +248,10 @@ async fn kill_9_under_load_loses_no_usage_and_counts_nothing_twice() {
 
 #[tokio::test]
 async fn kill_9_during_a_jetstream_outage_loses_no_usage_and_counts_nothing_twice() {
-    kill_9_scenario(Backend::JetStream(nats::testing::NatsServer::start().await)).await;
+    kill_9_scenario(Backend::JetStream(Box::new(
+        nats::testing::NatsServer::start().await,
+    )))
+    .await;
 }
 
 /// Load, then (JetStream) the log goes away while the load goes on, then `kill -9`,
