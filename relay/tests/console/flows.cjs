@@ -68,7 +68,9 @@ async function login(page, username, password) {
 }
 
 async function open(page, id) {
-  await page.goto(`${RELAY}/console#/${id}`);
+  const url = `${RELAY}/console#/${id}`;
+  // The same URL again is a same-document navigation: reload to read afresh.
+  if (page.url() === url) await page.reload(); else await page.goto(url);
   await page.locator('main h1').waitFor();
   // Loaded: the "Loading…" placeholder is gone and the page's first request answered.
   await until(`page ${id}`, async () => (await page.locator('main h1').innerText()) !== 'Log in' && (await page.locator('main .muted', { hasText: 'Loading…' }).count()) === 0);
@@ -89,6 +91,15 @@ async function shoot(page, name) {
   await page.setViewportSize({ width: 1280, height: 900 });
 }
 
+// Opens every page, checks it shows no error, and saves it at both widths.
+async function shootAll(page, who, ids) {
+  for (const id of ids) {
+    await open(page, id);
+    check(await page.locator('main .error').count() === 0, `${who} page ${id} shows an error: ${await page.locator('main').innerText()}`);
+    await shoot(page, `${who}-${id}`);
+  }
+}
+
 async function statementTotal(page, tenant) {
   await open(page, `statements?tenant=${encodeURIComponent(tenant)}`);
   await page.locator('#statement-total').waitFor();
@@ -107,8 +118,21 @@ async function sendTraffic(key, n) {
   }
 }
 
-async function adminFlow(browser, problems) {
+// Runs a flow; on failure prints what the page shows and saves it as `failed-<flow>.png`.
+async function flow(name, browser, problems, body) {
   const page = await newPage(browser, problems);
+  try {
+    await body(page);
+  } catch (e) {
+    const shown = await page.locator('body').innerText().catch(() => '(no page)');
+    await page.screenshot({ path: path.join(SHOTS, `failed-${name}.png`), fullPage: true }).catch(() => {});
+    console.log(`--- the page when the ${name} flow failed (${page.url()}):\n${shown}\n---`);
+    throw e;
+  }
+  await page.context().close();
+}
+
+async function adminFlow(page) {
   await page.goto(`${RELAY}/console`);
   await page.getByLabel('User name').waitFor();
   await shoot(page, 'login');
@@ -214,17 +238,11 @@ async function adminFlow(browser, problems) {
   check(csv.startsWith('period,tenant,api_key') && csv.includes('claude-sonnet-4-6'), `the CSV export holds the rows: ${csv.slice(0, 200)}`);
   step('usage explorer exports CSV');
 
-  for (const id of ADMIN_PAGES) {
-    await open(page, id);
-    check(await page.locator('main .error').count() === 0, `admin page ${id} shows no error: ${await page.locator('main').innerText()}`);
-    await shoot(page, `admin-${id}`);
-  }
+  await shootAll(page, 'admin', ADMIN_PAGES);
   step('every admin page rendered and saved at 1280 and 375 px');
-  await page.context().close();
 }
 
-async function tenantFlow(browser, problems) {
-  const page = await newPage(browser, problems);
+async function tenantFlow(page) {
   await login(page, BOB.username, BOB.password);
   const links = await page.locator('#nav a').allInnerTexts();
   for (const id of ADMIN_ONLY) check(!links.map((l) => l.toLowerCase()).includes(id), `no ${id} link for a user: ${links}`);
@@ -250,18 +268,18 @@ async function tenantFlow(browser, problems) {
     await page.goto(`${RELAY}/console#/${id}`);
     await page.locator('main .error').waitFor();
     const text = await page.locator('main').innerText();
-    check(/HTTP 403/.test(text) && !/mock-a|bob@example.com/.test(text), `#/${id} is refused by the API and shows it: ${text}`);
+    check(/is for administrators/.test(text) && !/mock-a|bob@example.com/.test(text), `#/${id} is refused: ${text}`);
     if (id === 'accounts') await shoot(page, 'tenant-refused-accounts');
   }
-  step('admin pages by URL show the refusal (HTTP 403)');
+  // And the API the pages would call refuses the user's token.
+  const refused = await page.evaluate(async (paths) => Promise.all(paths.map(async (p) =>
+    [p, (await fetch(p, { headers: { authorization: 'Bearer ' + sessionStorage.getItem('relay.token') } })).status])),
+  ['/api/v1/admin/accounts', '/api/v1/admin/users', '/api/v1/admin/tenants', '/api/v1/admin/audit']);
+  check(refused.every(([, s]) => s === 403), `the admin API refuses the user: ${JSON.stringify(refused)}`);
+  step('admin pages by URL are refused, and so are their API calls (HTTP 403)');
 
-  for (const id of TENANT_PAGES) {
-    await open(page, id);
-    check(await page.locator('main .error').count() === 0, `tenant page ${id} shows no error: ${await page.locator('main').innerText()}`);
-    await shoot(page, `tenant-${id}`);
-  }
+  await shootAll(page, 'tenant', TENANT_PAGES);
   step('every tenant page rendered and saved at 1280 and 375 px');
-  await page.context().close();
 }
 
 (async () => {
@@ -269,9 +287,9 @@ async function tenantFlow(browser, problems) {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   const problems = [];
   try {
-    await adminFlow(browser, problems);
+    await flow('admin', browser, problems, adminFlow);
     console.log('admin flow: ok');
-    await tenantFlow(browser, problems);
+    await flow('tenant', browser, problems, tenantFlow);
     console.log('tenant flow: ok');
     check(problems.length === 0, `no script errors or CSP violations: ${problems.join('; ')}`);
   } finally {

@@ -286,8 +286,12 @@ async function route() {
   if (!page) { main.append(h('h1', {}, 'Not found'), h('p', {}, 'No such page. ', h('a', { href: '#/dashboard' }, 'Go to the dashboard'))); return; }
   document.title = page.title + ' · Relay console';
   main.append(h('h1', {}, page.title));
-  // Admin pages are not in a user's menu; reached by URL they still ask the API,
-  // which refuses, and the refusal is shown.
+  // Admin pages are not in a user's menu, and reached by URL they say so (the API
+  // refuses their calls anyway: the console hides nothing the API would give).
+  if (page.admin && !isAdmin()) {
+    main.append(h('p', { class: 'error', role: 'alert' }, `${page.title} is for administrators; you are logged in as ${me.username} (role ${me.role}).`));
+    return;
+  }
   try { await page.render(main); } catch (err) {
     main.append(errorBox(err));
     if (err instanceof ApiError && err.status === 401) { me = null; route(); }
