@@ -205,8 +205,8 @@ function toCsv(columns, rows) {
 }
 
 // A line chart (or bars, when there are few points) of one series, as SVG.
-function chart(points, label) {
-  const W = 640, H = 200, L = 56, R = 10, T = 10, B = 34;
+function chart(points, label, width) {
+  const W = Math.max(300, Math.round(width || 640)), H = 220, L = 56, R = 14, T = 10, B = 34;
   const max = Math.max(...points.map((p) => p.y), 0) || 1;
   const x = (i) => L + (points.length === 1 ? (W - L - R) / 2 : i * (W - L - R) / (points.length - 1));
   const y = (v) => T + (H - T - B) * (1 - v / max);
@@ -216,13 +216,26 @@ function chart(points, label) {
     g.append(svg('line', { x1: L, x2: W - R, y1: y(max * f), y2: y(max * f), class: 'axis' }));
     g.append(svg('text', { x: L - 6, y: y(max * f) + 4, 'text-anchor': 'end' }, shortNum(max * f)));
   }
-  const step = Math.max(1, Math.ceil(points.length / 6));
+  const step = Math.max(1, Math.ceil(points.length / Math.max(2, Math.floor(W / 110))));
   points.forEach((p, i) => {
-    if (i % step === 0 || i === points.length - 1) g.append(svg('text', { x: x(i), y: H - 12, 'text-anchor': 'middle' }, p.x));
+    const anchor = points.length === 1 ? 'middle' : i === 0 ? 'start' : i === points.length - 1 ? 'end' : 'middle';
+    if (i % step === 0 || i === points.length - 1) g.append(svg('text', { x: x(i), y: H - 12, 'text-anchor': anchor }, p.x));
   });
   if (points.length > 1) g.append(svg('polyline', { class: 'series', points: points.map((p, i) => `${x(i)},${y(p.y)}`).join(' ') }));
-  points.forEach((p, i) => g.append(svg('circle', { class: 'dot', cx: x(i), cy: y(p.y), r: 3 }, svg('title', {}, `${p.x}: ${p.label}`))));
+  points.forEach((p, i) => { if (p.y > 0 || points.length === 1) g.append(svg('circle', { class: 'dot', cx: x(i), cy: y(p.y), r: 3 }, svg('title', {}, `${p.x}: ${p.label}`))); });
   return g;
+}
+// Every period label (`YYYY-MM-DD` or `YYYY-MM`) from one day to another, inclusive.
+function periods(from, to, granularity) {
+  const out = [];
+  const d = new Date(from + 'T00:00:00Z');
+  const end = new Date(to + 'T00:00:00Z');
+  while (d <= end && out.length < 400) {
+    const p = d.toISOString().slice(0, granularity === 'month' ? 7 : 10);
+    if (out[out.length - 1] !== p) out.push(p);
+    d.setUTCDate(d.getUTCDate() + 1);
+  }
+  return out;
 }
 function shortNum(v) {
   if (v >= 1e6) return (v / 1e6).toFixed(1) + 'M';
@@ -262,7 +275,7 @@ function renderChrome(current) {
   tz.addEventListener('change', () => { localStorage.setItem('relay.tz', tz.value); route(); });
   append(who, [
     h('label', { class: 'check' }, 'Time zone', tz),
-    h('span', { id: 'me' }, `${me.username} · ${me.role} · ${me.tenant}`),
+    h('span', { id: 'me' }, `${me.username} (${me.role}), tenant ${me.tenant}`),
     h('button', { class: 'secondary', type: 'button', onclick: logout }, 'Log out'),
   ]);
 }
@@ -352,16 +365,22 @@ async function dashboard(root) {
       stat('cache hit ratio', cacheHit(rows)),
       stat('rejected (last 100)', int(rejected.items.length))));
     const metric = v.metric;
-    const pts = rows.map((r) => metric === 'cost'
-      ? { x: r.period, y: Number(r.cost), label: usd(r.cost) }
-      : { x: r.period, y: metric === 'tokens' ? tokensOf(r) : r.requests, label: int(metric === 'tokens' ? tokensOf(r) : r.requests) });
+    const byPeriod = new Map(rows.map((r) => [r.period, r]));
+    const pts = periods(series.from, series.to, v.granularity).map((p) => {
+      const r = byPeriod.get(p);
+      if (metric === 'cost') return { x: p, y: r ? Number(r.cost) : 0, label: usd(r ? r.cost : '0') };
+      const n = r ? (metric === 'tokens' ? tokensOf(r) : r.requests) : 0;
+      return { x: p, y: n, label: int(n) };
+    });
     out.append(h('h2', {}, `${metric === 'cost' ? 'Cost' : metric === 'tokens' ? 'Tokens' : 'Requests'} per ${v.granularity} (${zone()})`));
-    out.append(pts.length ? h('div', { class: 'card', id: 'usage-chart' }, chart(pts, `${metric} per ${v.granularity}`))
+    out.append(rows.length ? h('div', { class: 'card', id: 'usage-chart' }, chart(pts, `${metric} per ${v.granularity}`, out.clientWidth - 26))
       : h('p', { class: 'empty', id: 'usage-chart' }, 'No usage in this range yet. Create a key on the Keys page and send a request through the relay.'));
+    const accountName = new Map((acc || []).map((a) => [a.id, a.name]));
     for (const [by, items] of breakdowns) {
       const name = by === 'key' ? 'api_key' : by;
+      const label = (r) => (by === 'account' && accountName.has(r.account) ? `${accountName.get(r.account)} (${r.account})` : r[name] || '—');
       out.append(h('h2', {}, `By ${by}`), table([
-        { title: by, value: (r) => r[name] || '—', wrap: true },
+        { title: by, value: label, wrap: true },
         { title: 'requests', value: (r) => int(r.requests), num: true },
         { title: 'tokens', value: (r) => int(tokensOf(r)), num: true },
         { title: 'cache hit', value: (r) => cacheHit([r]), num: true },
@@ -797,7 +816,7 @@ async function statements(root) {
     const dj = h('button', { type: 'button', class: 'secondary' }, 'Download JSON');
     dj.addEventListener('click', () => download(`statement-${st.tenant}-${st.month}.json`, 'application/json', JSON.stringify(st, null, 2)));
     const ids = (l) => l.event_ids.length ? h('details', {}, h('summary', {}, `${l.event_ids.length} events`), h('code', { class: 'ids' }, l.event_ids.join(' '))) : '—';
-    clear(out).append(
+    append(clear(out), [
       h('div', { class: 'stats' }, stat('total', h('span', { id: 'statement-total' }, `${t.cost} ${st.currency}`)),
         stat('requests', int(t.requests)), stat('input tokens', int(t.input_tokens)), stat('output tokens', int(t.output_tokens))),
       h('div', { class: 'actions' }, dl, dj),
@@ -818,7 +837,7 @@ async function statements(root) {
         { title: 'uses', value: (l) => int(l.uses), num: true },
         { title: 'unit price', value: (l) => `${l.unit_price} ${st.currency}`, num: true },
         { title: 'cost', value: (l) => `${l.cost} ${st.currency}`, num: true },
-        { title: 'events', value: ids, wrap: true }], st.server_tool_lines, '')] : null);
+        { title: 'events', value: ids, wrap: true }], st.server_tool_lines, '')] : null]);
   };
   f.addEventListener('submit', (e) => { e.preventDefault(); run().catch((err) => clear(out).append(errorBox(err))); });
   root.append(f, out);
