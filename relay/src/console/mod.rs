@@ -81,12 +81,18 @@ fn asset(content_type: &'static str, cache: &'static str, body: &'static str) ->
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
         (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
-        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ),
         (
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
     ];
     (StatusCode::OK, headers, body).into_response()
@@ -106,7 +112,12 @@ mod tests {
     #[test]
     fn no_asset_writes_markup_from_strings() {
         // Text is set with `textContent` and DOM nodes, never parsed from strings.
-        for banned in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"] {
+        for banned in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+        ] {
             assert!(!SCRIPT.contains(banned), "app.js uses {banned}");
         }
         assert!(!INDEX.contains("<script>"), "inline script breaks the CSP");
