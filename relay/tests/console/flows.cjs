@@ -71,17 +71,26 @@ async function open(page, id) {
   const url = `${RELAY}/console#/${id}`;
   // The same URL again is a same-document navigation: reload to read afresh.
   if (page.url() === url) await page.reload(); else await page.goto(url);
+  await settle(page, id);
+}
+
+// Waits until the page has rendered: a heading, no placeholder, the network quiet.
+async function settle(page, id) {
   await page.locator('main h1').waitFor();
   // Loaded: the "Loading…" placeholder is gone and the page's first request answered.
   await until(`page ${id}`, async () => (await page.locator('main h1').innerText()) !== 'Log in' && (await page.locator('main .muted', { hasText: 'Loading…' }).count()) === 0);
   await page.waitForLoadState('networkidle');
 }
 
-// Saves the page at 1280 px and at 375 px, and checks nothing overflows the phone width.
-async function shoot(page, name) {
+// Saves the page at 1280 px and at 375 px (drawn afresh at that width unless `keep`,
+// for a page showing something once), and checks nothing overflows the phone width.
+async function shoot(page, name, keep) {
   for (const width of [1280, 375]) {
     await page.setViewportSize({ width, height: width === 375 ? 812 : 900 });
-    await page.waitForTimeout(50); // one frame for the layout to settle
+    if (width === 375 && !keep) {
+      await page.reload();
+      await settle(page, name);
+    }
     await page.screenshot({ path: path.join(SHOTS, `${name}-${width}.png`), fullPage: true });
     if (width === 375) {
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
@@ -135,7 +144,7 @@ async function flow(name, browser, problems, body) {
 async function adminFlow(page) {
   await page.goto(`${RELAY}/console`);
   await page.getByLabel('User name').waitFor();
-  await shoot(page, 'login');
+  await shoot(page, 'login', true);
   // A wrong password is refused with the API's message, not swallowed.
   await page.getByLabel('User name').fill(ADMIN_USER);
   await page.getByLabel('Password').fill('wrong-password');
@@ -198,7 +207,7 @@ async function adminFlow(page) {
   const key = await page.locator('#new-key-secret').innerText();
   check(/^sk-/.test(key), `the new key is shown once: ${key.slice(0, 6)}…`);
   check(await page.getByRole('button', { name: 'Copy' }).isVisible(), 'a copy button');
-  await shoot(page, 'keys-created');
+  await shoot(page, 'keys-created', true);
   const keyRow = page.locator('tr', { has: page.locator('td', { hasText: 'console-key' }) });
   await keyRow.getByRole('button', { name: 'Limits' }).click();
   await page.locator('#key-detail').getByLabel('monthly budget (USD)').fill('5.00');

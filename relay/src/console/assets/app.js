@@ -774,7 +774,7 @@ async function usage(root) {
     csv.disabled = false;
     const rows = last.items;
     clear(out).append(
-      h('p', { class: 'muted' }, `${rows.length} rows, ${last.from} to ${last.to}, days in ${zone()}. The export holds every row of the answer.`),
+      h('p', { class: 'muted' }, `${rows.length} ${rows.length === 1 ? 'row' : 'rows'}, ${last.from} to ${last.to}, days in ${zone()}. The export holds every row of the answer.`),
       h('div', { class: 'stats' }, stat('requests', int(rows.reduce((s, r) => s + r.requests, 0))),
         stat('cost', usd(nanosToDecimal(sumNanos(rows)))), stat('cache hit ratio', cacheHit(rows))),
       table([
