@@ -264,6 +264,7 @@ async function tenantFlow(page) {
   await page.locator('#create-key').getByLabel('Name').fill('bob-key');
   await page.locator('#create-key').getByRole('button', { name: 'Create key' }).click();
   await page.locator('#new-key-secret').waitFor();
+  await page.locator('td', { hasText: 'bob-key' }).waitFor();
   const tenants = await page.locator('tbody tr td:nth-child(3)').allInnerTexts();
   check(tenants.length >= 1 && tenants.every((t) => t === BOB.tenant), `only tenant_bob's keys: ${tenants}`);
   step('bob created his own key and sees only his tenant');
@@ -275,7 +276,8 @@ async function tenantFlow(page) {
 
   for (const id of ADMIN_ONLY) {
     await page.goto(`${RELAY}/console#/${id}`);
-    await page.locator('main .error').waitFor();
+    const title = id[0].toUpperCase() + id.slice(1);
+    await page.locator('main .error', { hasText: `${title} is for administrators` }).waitFor();
     const text = await page.locator('main').innerText();
     check(/is for administrators/.test(text) && !/mock-a|bob@example.com/.test(text), `#/${id} is refused: ${text}`);
     if (id === 'accounts') await shoot(page, 'tenant-refused-accounts');
