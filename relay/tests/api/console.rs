@@ -30,7 +30,10 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
     assert_eq!(h["content-type"], "text/html; charset=utf-8");
     assert_eq!(h["cache-control"], "no-cache");
     let csp = h["content-security-policy"].to_str().unwrap();
-    assert!(csp.starts_with("default-src 'none'; script-src 'self';"), "{csp}");
+    assert!(
+        csp.starts_with("default-src 'none'; script-src 'self';"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe"), "{csp}");
     assert_eq!(h["x-content-type-options"], "nosniff");
     let html = page.text().await.unwrap();
@@ -41,7 +44,10 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
 
     let js = app.http.get(app.url(script)).send().await.unwrap();
     assert_eq!(js.status(), 200);
-    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
     assert_eq!(
         js.headers()["cache-control"],
         "public, max-age=31536000, immutable"
@@ -87,6 +93,8 @@ async fn admin_and_tenant_flows_in_headless_chromium() {
         out.status.success(),
         "the console flows failed ({HINT}):\n{stdout}\n{stderr}"
     );
+    // The steps, for `--nocapture`.
+    println!("{stdout}");
     assert!(stdout.contains("admin flow: ok"), "{stdout}");
     assert!(stdout.contains("tenant flow: ok"), "{stdout}");
     for page in ["admin-dashboard", "admin-accounts", "tenant-keys"] {

@@ -7,7 +7,8 @@
 // Admin flow: log in, add an API-key account against the mock, create a user and a key,
 // send traffic with the key, see the dashboard chart and the statement change.
 // Tenant flow: the user logs in, sees only their tenant, and cannot reach admin pages
-// by the menu or by URL. Every page is saved at 1280 px and 375 px. Prints one line per
+// by the menu or by URL. Every page is saved at 1280 px and 375 px; `console.png` (the
+// dashboard after the traffic) is the README's `docs/console.png`. Prints one line per
 // step; exits non-zero on the first failure.
 'use strict';
 const { chromium } = require('playwright-core');
@@ -188,6 +189,12 @@ async function adminFlow(page) {
   const account = await page.evaluate(async () => (await (await fetch('/api/v1/admin/accounts', { headers: { authorization: 'Bearer ' + sessionStorage.getItem('relay.token') } })).json()).items[0]);
   check(account.weight === 3 && account.priority === 1, `the edit reached the API: ${JSON.stringify(account)}`);
   step('account edited (weight 3)');
+  await page.getByRole('button', { name: '1. Start a login' }).click();
+  const signIn = page.getByRole('link', { name: 'Open the Claude sign-in page' });
+  await signIn.waitFor();
+  check(/^https:\/\/.*code_challenge=/.test(await signIn.getAttribute('href')), 'the OAuth wizard links to the sign-in page with PKCE');
+  check(await page.getByLabel('Pasted code#state').isVisible(), 'the OAuth wizard asks for code#state');
+  step('OAuth wizard started (sign-in link and code#state field)');
 
   await open(page, 'users');
   const cu = page.locator('#create-user');
