@@ -244,6 +244,24 @@ async function adminFlow(page) {
   });
   check(await page.locator('#statement details').count() >= 1, 'statement lines list their event ids');
   step(`statement of ${me.tenant} changed: ${before} -> ${after}`);
+  const [statementCsv] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download CSV' }).click()]);
+  const statementText = fs.readFileSync(await statementCsv.path(), 'utf8');
+  check(statementText.includes('claude-sonnet-4-6'), `the statement CSV has the line: ${statementText.slice(0, 300)}`);
+  step('statement downloaded as CSV');
+
+  await open(page, 'groups');
+  await page.getByLabel('Name', { exact: true }).fill('team-a');
+  await page.getByRole('button', { name: 'Create group' }).click();
+  await page.locator('td', { hasText: 'team-a' }).waitFor();
+  step('group created');
+
+  await open(page, 'keys');
+  const consoleKey = () => page.locator('tr', { has: page.locator('td', { hasText: 'console-key' }) });
+  await consoleKey().getByRole('button', { name: 'Disable' }).click();
+  await consoleKey().getByText('disabled', { exact: true }).waitFor();
+  await consoleKey().getByRole('button', { name: 'Enable' }).click();
+  await consoleKey().getByText('enabled', { exact: true }).waitFor();
+  step('key disabled and enabled again');
 
   await open(page, 'usage');
   await page.locator('#usage-filters').getByLabel('model', { exact: true }).check();
