@@ -2,9 +2,9 @@
 //! embedded in the binary (`cargo build` needs no Node toolchain, nothing is built).
 //!
 //! The script is a small hash-routed page that calls only the public admin API
-//! (`/api/v1/…`) with the bearer token from `POST /api/v1/auth/login`, kept in
-//! `sessionStorage`: what the console can do, a script can do. The server side is
-//! static files and headers:
+//! (`/api/v1/…`, and `/oauth/…` for the OAuth wizard) with the bearer token from
+//! `POST /api/v1/auth/login`, kept in `sessionStorage`: what the console can do, a
+//! script can do. The server side is static files and headers:
 //!
 //! - a strict Content-Security-Policy (scripts, styles and fetches from this origin
 //!   only, no inline code, no framing);

@@ -879,16 +879,16 @@ function requests(root) {
     field(`To (${browserZone()})`, input('to', { type: 'datetime-local' })),
   ], [
     { title: `time (${zone()})`, value: (r) => fmtTime(r.occurred_at) },
-    { title: 'request id', value: (r) => r.request_id },
-    { title: 'tenant', value: (r) => r.tenant },
-    { title: 'key', value: (r) => r.api_key },
-    { title: 'account', value: (r) => r.account || '—' },
     { title: 'model', value: (r) => r.model },
     { title: 'status', value: (r) => r.status, num: true },
     { title: 'outcome', value: (r) => r.outcome + (r.error_type ? ` (${r.error_type})` : '') },
-    { title: 'latency', value: (r) => `${(r.latency_us / 1000).toFixed(0)} ms`, num: true },
     { title: 'tokens in/out', value: (r) => `${int(r.input_tokens)} / ${int(r.output_tokens)}`, num: true },
     { title: 'cost', value: (r) => usd(r.cost), num: true },
+    { title: 'latency', value: (r) => `${(r.latency_us / 1000).toFixed(0)} ms`, num: true },
+    { title: 'tenant', value: (r) => r.tenant },
+    { title: 'key', value: (r) => r.api_key },
+    { title: 'account', value: (r) => r.account || '—' },
+    { title: 'request id', value: (r) => r.request_id },
   ], 'No requests match: requests appear here a moment after they finish.');
 }
 function audit(root) {
