@@ -13,6 +13,7 @@
 //! - [`services`]: use cases shared by the admin API and the CLI (validation, audit
 //!   events, cache invalidation in one place);
 //! - [`admin`], [`ops`]: the admin API's thin handlers; `/api/v1/status`;
+//! - [`console`]: the web console at `/console`, static files over the admin API;
 //! - [`cmd`]: operator subcommands.
 
 pub mod account_probe;
@@ -23,6 +24,7 @@ pub mod background;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod db;
 pub mod egress;

@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::admin::routes())
         .merge(crate::oauth_onboarding::routes())
         .merge(crate::account_probe::routes())
+        .merge(crate::console::routes())
         .fallback(crate::proxy::not_found)
         .layer(axum::middleware::map_response(shape_framework_errors))
         .with_state(state)

@@ -398,7 +398,12 @@ async fn lease_of_a_process_that_is_gone_is_taken_over_at_once(db: &TestDb) {
         Err(projections::Error::LeaseHeld { .. })
     ));
     // A process of this machine that exited an hour before its lease ends is gone.
-    put(format!("host:{}:{}:{dead_pid}:1:x", boot.trim(), ns.display())).await;
+    put(format!(
+        "host:{}:{}:{dead_pid}:1:x",
+        boot.trim(),
+        ns.display()
+    ))
+    .await;
     assert_eq!(runner.run_until_caught_up().await.unwrap(), 20);
 }
 

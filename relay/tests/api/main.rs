@@ -12,6 +12,7 @@ mod billing;
 mod cli;
 mod cli_projections;
 mod clients;
+mod console;
 mod edge;
 mod failover;
 mod faults;
