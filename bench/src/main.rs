@@ -49,7 +49,7 @@ struct Cli {
 /// Scenarios (numbers as in the benchmark issue).
 #[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
 enum Scenario {
-    /// 1, 6, 7, 2, 3, 4 and 5.
+    /// 1, 6, 7, 2, 3, 4, 5 and 8.
     All,
     /// 1: added latency at concurrency 1.
     Latency,
@@ -66,6 +66,9 @@ enum Scenario {
     /// 7: scenario 1 and throughput at c=32 with and without limits on the key
     /// (direct / relay / relay with limits, interleaved on one relay).
     Limits,
+    /// 8: the event journal's cost per request, against the publish path without it
+    /// (no relay needed).
+    Journal,
 }
 
 fn machine() -> String {
@@ -130,6 +133,14 @@ async fn run(cli: &Cli) -> Result<String> {
 
 Failed: {e:#}
 "
+            )),
+        }
+    }
+    if matches!(s, Scenario::All | Scenario::Journal) {
+        match harness::journal::run(cli.quick).await {
+            Ok(section) => bench.report.push_str(&section),
+            Err(e) => bench.report.push_str(&format!(
+                "\n### 8. The event journal's cost per request\n\nFailed: {e:#}\n"
             )),
         }
     }

@@ -5,9 +5,11 @@
 //! - [`procfs`]: CPU and RSS of the relay from /proc;
 //! - [`workload`]: request bodies (small, Claude-Code-sized);
 //! - [`replay`]: event-log append and projection replay throughput;
+//! - [`journal`]: what the event journal costs a request;
 //! - [`scenarios`]: the scenarios and their markdown tables.
 
 pub mod driver;
+pub mod journal;
 pub mod processes;
 pub mod procfs;
 pub mod replay;

@@ -21,7 +21,7 @@ use super::procfs;
 const BATCH: u64 = 1000;
 
 /// A realistic usage event: 10 accounts, 5 tenants, 20 keys, 3 models, varied tokens.
-fn usage_event(i: u64) -> Result<Envelope> {
+pub(crate) fn usage_event(i: u64) -> Result<Envelope> {
     let models = ["claude-sonnet-4-6", "claude-opus-4-7", "claude-haiku-4-5"];
     let account = AccountId::parse(format!("acct-{}", i % 10))?;
     Ok(Envelope::new(

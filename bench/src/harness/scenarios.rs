@@ -454,7 +454,7 @@ impl Bench {
         let _ = writeln!(self.report, "{line}");
     }
 
-    fn progress(what: &str) {
+    pub(crate) fn progress(what: &str) {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "bench: {what}");
     }
