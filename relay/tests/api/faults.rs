@@ -436,3 +436,32 @@ async fn kill_9_scenario(mut backend: Backend) {
     drop(served);
     mock.shutdown().await;
 }
+
+/// With `JOURNAL_FSYNC=always`, a response's last chunk waits for the sync that covers
+/// its events: responses still complete, and their events were synced.
+#[tokio::test]
+async fn with_journal_fsync_always_responses_complete_after_their_events_are_synced() {
+    let mock = MockUpstream::start().await;
+    let app = crate::spawn_app(&["--journal-fsync", "always"]).await;
+    app.add_account(&mock, crate::Acc::new("a", "sk-ant-api03-fsync-always"))
+        .await;
+    let syncs_before = app.state.publisher.stats().journal.syncs_total;
+    for stream in [true, false] {
+        let resp = app.messages(&crate::body(stream)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        if stream {
+            assert!(text.contains("event: message_stop"), "{text}");
+        } else {
+            assert!(text.contains("\"usage\""), "{text}");
+        }
+    }
+    assert!(app.state.publisher.stats().journal.syncs_total > syncs_before);
+    let events = app.events().await;
+    let usages = crate::usages(&events);
+    assert_eq!(usages.len(), 2);
+    assert!(usages
+        .iter()
+        .all(|u| u.completeness == Completeness::Complete));
+    app.stop().await;
+}
