@@ -85,7 +85,8 @@ pub struct Recorder {
     pub ok: u64,
     /// Failed requests (transport error or non-200).
     pub errors: u64,
-    /// Streams that ended without all their events or without `message_stop`.
+    /// Streams that ended without all their events or without `message_stop`. Each is
+    /// also counted in `errors`, never in `ok`.
     pub lost: u64,
     /// Streams with a gap above the stall threshold.
     pub stalled: u64,
@@ -159,13 +160,13 @@ impl Recorder {
         }
     }
 
-    /// Failed fraction (errors, lost, shed) in percent.
+    /// Failed fraction (errors, lost streams among them, shed) in percent.
     pub fn error_pct(&self) -> f64 {
         let attempts = self.attempts();
         if attempts == 0 {
             return 0.0;
         }
-        100.0 * (self.errors + self.lost + self.shed) as f64 / attempts as f64
+        100.0 * (self.errors + self.shed) as f64 / attempts as f64
     }
 
     /// Counts a failure, keeping the first message.
@@ -317,6 +318,13 @@ async fn one(client: &HttpClient, target: &Target, work: &Workload, t0: Instant)
         let complete = buf.ends_with(b"data: {\"type\":\"message_stop\"}\n\n")
             && (work.expected_events == 0 || count_events(&buf) == work.expected_events);
         out.lost = !complete;
+        if !complete {
+            // Served, but not whole: a failure, not a success that was also lost.
+            out.error = Some(format!(
+                "{}: stream ended without message_stop or with missing events",
+                target.name
+            ));
+        }
         let max_gap = out.gaps.iter().max().copied().unwrap_or_default();
         out.stalled = work.stall_after.is_some_and(|limit| max_gap > limit);
     }
@@ -506,6 +514,31 @@ mod tests {
         assert_eq!(
             rec.lost, 1,
             "the dropped stream is lost; the 529 is only an error"
+        );
+
+        // A stream that ends cleanly but without `message_stop` is a failure, never
+        // also a success.
+        mock.script(
+            KEY,
+            [Step::MidStreamError {
+                after_events: 3,
+                error_type: "overloaded_error".into(),
+            }],
+        );
+        let rec = closed_loop(
+            &client,
+            &target,
+            &stream_work(),
+            1,
+            Stop::Count(1),
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!((rec.ok, rec.errors, rec.lost), (0, 1, 1));
+        assert!(
+            (rec.error_pct() - 100.0).abs() < 1e-9,
+            "{}",
+            rec.error_pct()
         );
     }
 

@@ -188,7 +188,7 @@ impl C1Rounds {
     /// The relay's CPU per request of target `i` (µs), if it goes through the relay.
     fn cpu_per_req(&self, i: usize, t: &Target) -> Option<f64> {
         let rec = &self.merged[i];
-        (t.through_relay() && rec.ok > 0).then(|| self.cpu_us[i] as f64 / rec.attempts() as f64)
+        (t.through_relay() && rec.ok > 0).then(|| self.cpu_us[i] as f64 / rec.ok as f64)
     }
 
     /// Per round: quantile of target `i` − the same quantile of target `j` (µs).
@@ -361,6 +361,22 @@ impl Bench {
         }
     }
 
+    /// CPU used since `cpu` started, up to the moment the process went idle (under 5 %
+    /// of a core over 200 ms; the idle window itself is not billed). Gives up after
+    /// 60 s.
+    async fn cpu_until_idle(cpu: &CpuMeter) -> u64 {
+        let started = tokio::time::Instant::now();
+        loop {
+            let before = cpu.elapsed_us();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if cpu.elapsed_us().saturating_sub(before) <= 10_000
+                || started.elapsed() > Duration::from_secs(60)
+            {
+                return before;
+            }
+        }
+    }
+
     async fn phase<F, Fut>(&mut self, t: &Target, run: F) -> Phase
     where
         F: FnOnce(HttpClient, Target) -> Fut,
@@ -377,9 +393,15 @@ impl Bench {
         let mock_cpu = self.mock.as_ref().map(|m| CpuMeter::start(m.pid()));
         let driver_cpu = CpuMeter::start(std::process::id());
         let rec = run(self.client.clone(), t.clone()).await;
+        // The relay's CPU is billed until it has finished the phase's work, including
+        // what continues after the last response (publishing, projecting).
+        let relay_cpu_us = match &cpu {
+            Some(c) => Self::cpu_until_idle(c).await,
+            None => 0,
+        };
         Phase {
             rec,
-            relay_cpu_us: cpu.map(|c| c.elapsed_us()).unwrap_or(0),
+            relay_cpu_us,
             relay_rss_peak_kib: rss.map(RssSampler::finish).unwrap_or(0),
             mock_cpu_us: mock_cpu.map(|c| c.elapsed_us()).unwrap_or(0),
             driver_cpu_us: driver_cpu.elapsed_us(),
@@ -552,10 +574,7 @@ impl Bench {
                 let rec = &ph.rec;
                 let (cpu_req, cpu_pct, rss) = if t.name == "relay" {
                     (
-                        format!(
-                            "{:.1}",
-                            ph.relay_cpu_us as f64 / rec.attempts().max(1) as f64
-                        ),
+                        format!("{:.1}", ph.relay_cpu_us as f64 / rec.ok.max(1) as f64),
                         format!(
                             "{:.0}",
                             100.0 * ph.relay_cpu_us as f64 / rec.elapsed.as_micros().max(1) as f64
@@ -679,7 +698,7 @@ impl Bench {
         let mut rate = vec![0.0; n];
         for (i, (t, rec)) in targets.iter().zip(&merged).enumerate() {
             rate[i] = rec.ok as f64 / wall[i].as_secs_f64().max(1e-9);
-            per_req[i] = cpu_us[i] as f64 / rec.attempts().max(1) as f64;
+            per_req[i] = cpu_us[i] as f64 / rec.ok.max(1) as f64;
             let (cpu_req, cpu_pct) = if t.through_relay() {
                 (
                     format!("{:.1}", per_req[i]),
@@ -800,10 +819,7 @@ impl Bench {
         self.note("|---|---|---|---|---|---|---|---|---|---|---|");
         for (i, rec) in merged.iter().enumerate().take(self.targets().len()) {
             let cpu = if i == 1 {
-                format!(
-                    "{:.1}",
-                    one.load.cpu_us as f64 / rec.attempts().max(1) as f64
-                )
+                format!("{:.1}", one.load.cpu_us as f64 / rec.ok.max(1) as f64)
             } else {
                 "–".to_owned()
             };
