@@ -547,6 +547,22 @@ impl Journal {
         self.handled.fetch_max(seq, Ordering::AcqRel);
     }
 
+    /// Writes the handled position as a marker now if it moved since the last one, so
+    /// that an idle relay's journal does not replay, after a crash, events the log
+    /// acknowledged long ago (beyond JetStream's duplicate window).
+    pub fn mark(&self) {
+        let handled = self.handled.load(Ordering::Acquire);
+        let mut inner = self.lock();
+        if handled <= inner.marker {
+            return;
+        }
+        inner.buf.clear();
+        inner.marker_if_moved(handled);
+        let last = self.written.load(Ordering::Acquire);
+        // A failed marker only means a longer replay after a crash.
+        let _ = self.write(&mut inner, 0, last, handled);
+    }
+
     /// Whether the last write failed.
     pub fn failing(&self) -> bool {
         self.failing.load(Ordering::Acquire)

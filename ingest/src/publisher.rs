@@ -615,6 +615,10 @@ impl Worker {
         if self.pending.is_empty() {
             // In the log, the spool or the quarantine: the journal may forget them.
             self.shared.journal.handled(seq);
+            if self.rx.is_empty() {
+                // Nothing follows to carry the marker: write it now.
+                self.shared.journal.mark();
+            }
         }
     }
 

@@ -110,6 +110,22 @@ fn what_the_log_acknowledged_is_not_recovered() {
 }
 
 #[test]
+fn an_idle_journal_marks_what_the_log_holds_without_a_new_event() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (j, _) = Journal::open(&config(dir.path())).unwrap();
+        let seq = j
+            .append_events([usage("r1", 1), usage("r2", 1)], |_, _| {})
+            .unwrap();
+        j.handled(seq);
+        // No further event carries the marker; the publisher writes it when idle.
+        j.mark();
+    }
+    let (_j, rec) = Journal::open(&config(dir.path())).unwrap();
+    assert!(rec.events.is_empty(), "{:?}", ids(&rec.events));
+}
+
+#[test]
 fn recovery_written_again_survives_a_second_crash_and_old_segments_go() {
     let dir = tempfile::tempdir().unwrap();
     let events: Vec<Envelope> = (0..3).map(|i| usage(&format!("r{i}"), 1)).collect();
