@@ -6,7 +6,7 @@
 //! is the sum of the events.
 
 use crate::ADMIN_PASSWORD;
-use bench::mock::{MockConfig, MockUpstream};
+use bench::mock::{MockConfig, MockUpstream, Step};
 use ingest::EventLog;
 use schema::{Completeness, Envelope, Event};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -131,13 +131,26 @@ struct Seen {
 }
 
 /// One client: requests back to back, alternating streaming and not, until `stop`.
+/// How a load client behaves.
+#[derive(Clone, Copy)]
+struct Behaviour {
+    /// Every n-th request streams (1: all).
+    stream_every: u64,
+    /// Streams are abandoned after the first chunk (the client goes away).
+    abandon: bool,
+}
+
 async fn client(
     port: u16,
     key: String,
-    stream_every: u64,
+    how: Behaviour,
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Seen>>,
 ) {
+    let Behaviour {
+        stream_every,
+        abandon,
+    } = how;
     let http = reqwest::Client::new();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -170,6 +183,11 @@ async fn client(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        if stream && abandon {
+            let mut resp = resp;
+            let _ = resp.chunk().await;
+            continue;
+        }
         let Ok(text) = resp.text().await else {
             continue;
         };
@@ -229,6 +247,14 @@ impl Backend {
 
 /// Usage events by (request, attempt).
 type UsageIndex<'a> = BTreeMap<(String, u32), Vec<&'a schema::UsageRecorded>>;
+
+/// The usage of a request's last attempt.
+fn final_attempt<'a>(usage: &UsageIndex<'a>, request: &str) -> Option<&'a schema::UsageRecorded> {
+    usage
+        .range((request.to_owned(), 0)..=(request.to_owned(), u32::MAX))
+        .next_back()
+        .map(|(_, v)| v[0])
+}
 
 /// Usage events by (request, attempt), and `request.finished` counts by request.
 fn index(events: &[Envelope]) -> (UsageIndex<'_>, HashMap<String, u32>) {
@@ -307,11 +333,47 @@ async fn kill_9_scenario(mut backend: Backend, fault: Fault) {
     let served = Served::start(&data, &env, port).await;
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
+    // A second account to fail over to, and upstream faults on the first: refusals
+    // (429, 529), a 500, and streams that end in an error event (non-streaming: the
+    // matching HTTP error), spread through the run.
+    let mut spare = relay_cmd(&data, &env);
+    spare.args([
+        "accounts",
+        "add",
+        "--name",
+        "spare",
+        "--base-url",
+        &mock.base_url(),
+    ]);
+    run_ok(spare, "sk-ant-api03-fault-spare\n");
+    let faults = [
+        Step::rate_limited(1),
+        Step::overloaded(),
+        Step::server_error(),
+        Step::MidStreamError {
+            after_events: 4,
+            error_type: "api_error".into(),
+        },
+    ];
+    mock.script(
+        "sk-ant-api03-fault-suite",
+        (0..400).map(|i| {
+            if i % 10 == 9 {
+                faults[(i / 10) % faults.len()].clone()
+            } else {
+                Step::Ok
+            }
+        }),
+    );
     let clients: Vec<_> = (0..24)
         .map(|i| {
-            // Two thirds of the clients stream.
-            let every = if i % 3 == 0 { 1_000_000 } else { 1 };
-            tokio::spawn(client(port, key.clone(), every, stop.clone(), seen.clone()))
+            // Two thirds of the clients stream; two of the streaming ones walk away
+            // after the first chunk.
+            let how = Behaviour {
+                stream_every: if i % 3 == 0 { 1_000_000 } else { 1 },
+                abandon: i == 1 || i == 2,
+            };
+            tokio::spawn(client(port, key.clone(), how, stop.clone(), seen.clone()))
         })
         .collect();
     // Load until a good number of responses completed, then kill mid-flight.
@@ -364,7 +426,7 @@ async fn kill_9_scenario(mut backend: Backend, fault: Fault) {
         let (usage, _) = index(&events);
         let missing = completed
             .iter()
-            .filter(|r| !usage.contains_key(&((*r).clone(), 1)))
+            .filter(|r| final_attempt(&usage, r).is_none())
             .count();
         if missing == 0 && usage.len() >= served_by_mock {
             break events;
@@ -388,9 +450,17 @@ async fn kill_9_scenario(mut backend: Backend, fault: Fault) {
     }
     // Every completed response was billed in full.
     for r in &completed {
-        let u = usage[&(r.clone(), 1)][0];
+        let u = final_attempt(&usage, r).unwrap();
         assert_eq!(u.completeness, Completeness::Complete, "request {r}");
         assert!(u.input_tokens > 0, "request {r}");
+        // Attempts before it were refused upstream and failed over; each has its
+        // usage with upstream's status.
+        for a in 1..u.attempt {
+            let earlier = usage
+                .get(&(r.clone(), a))
+                .unwrap_or_else(|| panic!("request {r} attempt {a} has no usage"));
+            assert!(earlier[0].status >= 400, "request {r} attempt {a}");
+        }
     }
     // Every attempt the mock served has a usage event; those cut short are `unknown`.
     let unknown = usage
@@ -417,7 +487,7 @@ async fn kill_9_scenario(mut backend: Backend, fault: Fault) {
     }
     // Shown with --nocapture: the figures docs/guarantees.md quotes.
     eprintln!(
-        "fault: {} responses completed, {served_by_mock} attempts served, {known} usage events complete, {unknown} unknown; log complete {drained:?} after it was back",
+        "fault: {} responses completed, {served_by_mock} attempts served, {known} usage events with known tokens, {unknown} unknown; log complete {drained:?} after it was back",
         completed.len()
     );
     // Every request with usage has its end, real or recorded at recovery.
