@@ -13,6 +13,7 @@
 //! - [`services`]: use cases shared by the admin API and the CLI (validation, audit
 //!   events, cache invalidation in one place);
 //! - [`admin`], [`ops`]: the admin API's thin handlers; `/api/v1/status`;
+//! - [`notify`]: alerts and webhooks delivered from the notification outbox;
 //! - [`cmd`]: operator subcommands.
 
 pub mod account_probe;
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod oauth;
 pub mod oauth_onboarding;
 pub mod ops;

@@ -17,6 +17,7 @@ mod failover;
 mod forwarding;
 mod fuzz;
 mod limits;
+mod notifications;
 mod oauth;
 mod operator_hygiene;
 mod proxies;
