@@ -112,6 +112,16 @@ fn alert_of(r: &sqlx::any::AnyRow) -> Result<Alert, sqlx::Error> {
     })
 }
 
+/// One due delivery.
+struct Job {
+    /// What to send.
+    alert: Alert,
+    /// Attempts made so far.
+    attempts: i64,
+    /// When it was queued (ms), for the maximum age.
+    queued_ms: i64,
+}
+
 /// The delivery worker.
 pub struct Notifier {
     /// Targets and deliveries.
@@ -290,7 +300,7 @@ impl Notifier {
              FROM notification_deliveries d JOIN ({OUTBOX_SELECT}) q ON q.event_id = d.event_id \
              WHERE d.status = 'pending' AND d.next_attempt_at_ms <= $1 \
              AND d.target_id IN (SELECT id FROM notification_targets WHERE enabled = 1) \
-             ORDER BY d.next_attempt_at_ms LIMIT $2"
+             ORDER BY q.position, d.target_id LIMIT $2"
         ))
         .bind(now.timestamp_millis())
         .bind(SEND_PAGE)
@@ -298,23 +308,31 @@ impl Notifier {
         .await?;
         let by_id: HashMap<&str, &Destination> =
             targets.iter().map(|(t, d)| (t.id.as_str(), d)).collect();
-        let mut jobs = Vec::with_capacity(rows.len());
+        // One queue per target, in log order: a target sees its alerts in the order
+        // they happened; targets are served side by side. Owned jobs: the stream's
+        // closure takes no borrowed arguments.
+        let mut queues: Vec<(String, Destination, Vec<Job>)> = Vec::new();
         for r in &rows {
             let target: String = r.try_get("target_id")?;
             let Some(dest) = by_id.get(target.as_str()) else {
                 continue;
             };
-            jobs.push((
-                alert_of(r)?,
-                target,
-                *dest,
-                r.try_get::<i64, _>("attempts")?,
-                r.try_get::<i64, _>("queued_at_ms")?,
-            ));
+            let job = Job {
+                alert: alert_of(r)?,
+                attempts: r.try_get("attempts")?,
+                queued_ms: r.try_get("queued_at_ms")?,
+            };
+            match queues.iter_mut().find(|(t, _, _)| *t == target) {
+                Some((_, _, q)) => q.push(job),
+                None => queues.push((target, (*dest).clone(), vec![job])),
+            }
         }
-        let results: Vec<Result<(), NotifyStoreError>> = futures::stream::iter(jobs)
-            .map(|(alert, target, dest, attempts, queued)| async move {
-                self.attempt(&alert, &target, dest, attempts, queued).await
+        let results: Vec<Result<(), NotifyStoreError>> = futures::stream::iter(queues)
+            .map(|(target, dest, jobs)| async move {
+                for job in jobs {
+                    self.attempt(&job, &target, &dest).await?;
+                }
+                Ok(())
             })
             .buffer_unordered(PARALLEL)
             .collect()
@@ -326,12 +344,16 @@ impl Notifier {
     /// outcome.
     async fn attempt(
         &self,
-        alert: &Alert,
+        job: &Job,
         target: &str,
         dest: &Destination,
-        attempts: i64,
-        queued_ms: i64,
     ) -> Result<(), NotifyStoreError> {
+        let Job {
+            alert,
+            attempts,
+            queued_ms,
+        } = job;
+        let (attempts, queued_ms) = (*attempts, *queued_ms);
         let db = self.store.db();
         let started = Utc::now();
         let claimed = sqlx::query(

@@ -405,7 +405,7 @@ async fn a_receiver_that_is_down_gets_the_alert_with_backoff_once_it_is_back() {
 async fn deliveries_past_the_maximum_age_are_marked_failed() {
     let receiver = Receiver::start().await;
     receiver.failing.store(true, Ordering::SeqCst);
-    let mut flags = vec!["--projectors", "on", "--notify-max-age", "0"];
+    let mut flags = vec!["--projectors", "on", "--notify-max-age-secs", "0"];
     flags.extend(FAST);
     let app = spawn_app(&flags).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
