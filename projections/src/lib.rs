@@ -56,5 +56,4 @@ pub fn all(prices: Arc<PriceTable>) -> Vec<Arc<dyn Projection>> {
 }
 
 /// The names of [`all`], for CLI validation and help texts.
-pub const PROJECTION_NAMES: [&str; 5] =
-    ["usage", "accounts", "requests", "audit", "notifications"];
+pub const PROJECTION_NAMES: [&str; 5] = ["usage", "accounts", "requests", "audit", "notifications"];

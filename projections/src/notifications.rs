@@ -311,12 +311,37 @@ mod tests {
         use HealthReason as R;
         use HealthState as S;
         let cases = [
-            (S::Healthy, S::RateLimited, R::RateLimited, Some("account.rate_limited")),
+            (
+                S::Healthy,
+                S::RateLimited,
+                R::RateLimited,
+                Some("account.rate_limited"),
+            ),
             (S::Healthy, S::Banned, R::Forbidden, Some("account.banned")),
-            (S::Healthy, S::Unauthorized, R::Unauthorized, Some("account.unauthorized")),
-            (S::RateLimited, S::Healthy, R::CooldownExpired, Some("account.recovered")),
-            (S::Banned, S::Healthy, R::ManualReset, Some("account.recovered")),
-            (S::Unauthorized, S::Healthy, R::Succeeded, Some("account.recovered")),
+            (
+                S::Healthy,
+                S::Unauthorized,
+                R::Unauthorized,
+                Some("account.unauthorized"),
+            ),
+            (
+                S::RateLimited,
+                S::Healthy,
+                R::CooldownExpired,
+                Some("account.recovered"),
+            ),
+            (
+                S::Banned,
+                S::Healthy,
+                R::ManualReset,
+                Some("account.recovered"),
+            ),
+            (
+                S::Unauthorized,
+                S::Healthy,
+                R::Succeeded,
+                Some("account.recovered"),
+            ),
             (S::Healthy, S::Overloaded, R::Overloaded, None),
             (S::Healthy, S::Degraded, R::ServerError, None),
             (S::Overloaded, S::Healthy, R::CooldownExpired, None),
@@ -347,14 +372,30 @@ mod tests {
         assert_eq!(n.kind, "account.token_refresh_failed");
         assert_eq!(n.severity, "critical");
         for (summary, percent, severity) in [
-            ("monthly_budget_usd of key:key_a passed 50%: $5 of $10", Some(50), "info"),
-            ("monthly_budget_usd of tenant:t passed 80%: $8 of $10", Some(80), "warning"),
-            ("daily_budget_usd of key:key_a passed 100%: $10 of $10", Some(100), "critical"),
+            (
+                "monthly_budget_usd of key:key_a passed 50%: $5 of $10",
+                Some(50),
+                "info",
+            ),
+            (
+                "monthly_budget_usd of tenant:t passed 80%: $8 of $10",
+                Some(80),
+                "warning",
+            ),
+            (
+                "daily_budget_usd of key:key_a passed 100%: $10 of $10",
+                Some(100),
+                "critical",
+            ),
             ("something else", None, "info"),
         ] {
             let n = notice_of(&admin(AdminVerb::BudgetThreshold, "key:key_a", summary)).unwrap();
             assert_eq!(n.kind, "budget.threshold_crossed");
-            assert_eq!(n.details["percent"], serde_json::json!(percent), "{summary}");
+            assert_eq!(
+                n.details["percent"],
+                serde_json::json!(percent),
+                "{summary}"
+            );
             assert_eq!(n.severity, severity, "{summary}");
         }
         let mut other = admin(AdminVerb::KeyCreate, "key:key_a", "created");
@@ -365,7 +406,10 @@ mod tests {
     #[test]
     fn every_kind_has_an_audience() {
         assert_eq!(audience_of("account.banned"), Some(Audience::Operator));
-        assert_eq!(audience_of("budget.threshold_crossed"), Some(Audience::Tenant));
+        assert_eq!(
+            audience_of("budget.threshold_crossed"),
+            Some(Audience::Tenant)
+        );
         assert_eq!(audience_of("nope"), None);
     }
 }

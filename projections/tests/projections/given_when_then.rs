@@ -704,10 +704,11 @@ async fn outbox_holds_one_row_per_notable_event(db: &TestDb) {
         admin("key.create", at(2026, 11, 3, 14)),
     ]);
     catch_up(&db.pool, log).await;
-    let rows = sqlx::query("SELECT event_id, kind, audience FROM notification_outbox ORDER BY position")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let rows =
+        sqlx::query("SELECT event_id, kind, audience FROM notification_outbox ORDER BY position")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     let got: Vec<(String, String, String)> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -715,8 +716,16 @@ async fn outbox_holds_one_row_per_notable_event(db: &TestDb) {
     assert_eq!(
         got,
         [
-            (limited.id.to_string(), "account.rate_limited".into(), "operator".into()),
-            (budget.id.to_string(), "budget.threshold_crossed".into(), "tenant".into()),
+            (
+                limited.id.to_string(),
+                "account.rate_limited".into(),
+                "operator".into()
+            ),
+            (
+                budget.id.to_string(),
+                "budget.threshold_crossed".into(),
+                "tenant".into()
+            ),
         ]
     );
 }

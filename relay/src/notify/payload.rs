@@ -184,7 +184,8 @@ pub fn outgoing(dest: &Destination, alert: &Alert, now: DateTime<Utc>) -> Result
             let mut url = dest.url.clone();
             if let Some(s) = secret {
                 let ts = now.timestamp_millis();
-                let sign = STANDARD.encode(hmac_sha256(s.as_bytes(), format!("{ts}\n{s}").as_bytes()));
+                let sign =
+                    STANDARD.encode(hmac_sha256(s.as_bytes(), format!("{ts}\n{s}").as_bytes()));
                 let query: String = url::form_urlencoded::Serializer::new(String::new())
                     .append_pair("timestamp", &ts.to_string())
                     .append_pair("sign", &sign)
@@ -448,13 +449,32 @@ mod tests {
             (K::Slack, 200, "ok", true),
             (K::Slack, 404, "no_service", false),
             (K::Feishu, 200, r#"{"code":0,"msg":"success"}"#, true),
-            (K::Feishu, 200, r#"{"code":19021,"msg":"sign match fail"}"#, false),
+            (
+                K::Feishu,
+                200,
+                r#"{"code":19021,"msg":"sign match fail"}"#,
+                false,
+            ),
             (K::Dingtalk, 200, r#"{"errcode":0,"errmsg":"ok"}"#, true),
-            (K::Dingtalk, 200, r#"{"errcode":310000,"errmsg":"sign not match"}"#, false),
+            (
+                K::Dingtalk,
+                200,
+                r#"{"errcode":310000,"errmsg":"sign not match"}"#,
+                false,
+            ),
             (K::Telegram, 200, r#"{"ok":true,"result":{}}"#, true),
-            (K::Telegram, 200, r#"{"ok":false,"description":"chat not found"}"#, false),
+            (
+                K::Telegram,
+                200,
+                r#"{"ok":false,"description":"chat not found"}"#,
+                false,
+            ),
         ] {
-            assert_eq!(accepted(kind, status, body).is_ok(), ok, "{kind:?} {status} {body}");
+            assert_eq!(
+                accepted(kind, status, body).is_ok(),
+                ok,
+                "{kind:?} {status} {body}"
+            );
         }
     }
 }

@@ -71,9 +71,9 @@ pub fn check_events(events: &[String], tenant_target: bool) -> Result<Vec<String
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         let p = e.trim();
-        let selectable = KINDS.iter().any(|(k, a)| {
-            pattern_matches(p, k) && (!tenant_target || *a == Audience::Tenant)
-        });
+        let selectable = KINDS
+            .iter()
+            .any(|(k, a)| pattern_matches(p, k) && (!tenant_target || *a == Audience::Tenant));
         if !selectable {
             let allowed: Vec<&str> = KINDS
                 .iter()

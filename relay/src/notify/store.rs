@@ -338,10 +338,18 @@ impl NotifyStore {
             changes.push(("address", Some(a), None));
         }
         if let Some(s) = &p.secret {
-            changes.push(("secret_sealed", s.as_ref().map(|s| self.cipher.seal(s)), None));
+            changes.push((
+                "secret_sealed",
+                s.as_ref().map(|s| self.cipher.seal(s)),
+                None,
+            ));
         }
         if let Some(e) = &p.events {
-            changes.push(("events", Some(serde_json::to_string(e).unwrap_or_default()), None));
+            changes.push((
+                "events",
+                Some(serde_json::to_string(e).unwrap_or_default()),
+                None,
+            ));
         }
         if let Some(r) = p.rate_limit_per_minute {
             changes.push(("rate_per_min", None, Some(i64::from(r))));
@@ -470,8 +478,14 @@ mod tests {
     #[test]
     fn shown_urls_keep_scheme_and_host_only() {
         for (url, shown) in [
-            ("https://hooks.slack.com/services/T0/B0/XXXX", "https://hooks.slack.com/…"),
-            ("http://127.0.0.1:9000/hook?token=abc", "http://127.0.0.1:9000/…"),
+            (
+                "https://hooks.slack.com/services/T0/B0/XXXX",
+                "https://hooks.slack.com/…",
+            ),
+            (
+                "http://127.0.0.1:9000/hook?token=abc",
+                "http://127.0.0.1:9000/…",
+            ),
             ("https://user:pw@example.com", "https://example.com"),
             ("https://api.telegram.org", "https://api.telegram.org"),
             ("not a url", ""),

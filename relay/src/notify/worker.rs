@@ -219,7 +219,10 @@ impl Notifier {
         .await?
         {
             let n: i64 = r.try_get("n")?;
-            recent.insert(r.try_get("target_id")?, u32::try_from(n).unwrap_or(u32::MAX));
+            recent.insert(
+                r.try_get("target_id")?,
+                u32::try_from(n).unwrap_or(u32::MAX),
+            );
         }
         let mut tx = db.begin().await?;
         for r in &rows {

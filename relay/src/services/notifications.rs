@@ -123,9 +123,11 @@ fn check_secret(kind: TargetKind, secret: Option<&str>) -> Result<Option<Secret>
         (TargetKind::Slack, Some(_)) => Err(ServiceError::BadRequest(
             "a slack target takes no secret (the webhook URL is the credential)".into(),
         )),
-        (_, Some(s)) if s.len() > 512 || s.chars().any(char::is_control) => Err(
-            ServiceError::BadRequest("secret must be at most 512 characters, no control characters".into()),
-        ),
+        (_, Some(s)) if s.len() > 512 || s.chars().any(char::is_control) => {
+            Err(ServiceError::BadRequest(
+                "secret must be at most 512 characters, no control characters".into(),
+            ))
+        }
         (_, s) => Ok(s.map(Secret::new)),
     }
 }
@@ -257,7 +259,11 @@ impl Services {
             Some(s) => Some(check_secret(kind, s.as_deref())?),
         };
         let patch = TargetPatch {
-            name: u.name.as_deref().map(|n| check_name("name", n, 64)).transpose()?,
+            name: u
+                .name
+                .as_deref()
+                .map(|n| check_name("name", n, 64))
+                .transpose()?,
             url: u
                 .url
                 .as_deref()
@@ -349,7 +355,11 @@ impl Services {
             actor,
             AdminVerb::NotificationTargetTest,
             format!("notification_target:{id}"),
-            format!("sent a test message to {}: {}", describe(&t), delivery.status),
+            format!(
+                "sent a test message to {}: {}",
+                describe(&t),
+                delivery.status
+            ),
         );
         Ok(delivery)
     }

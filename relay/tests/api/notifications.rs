@@ -170,7 +170,12 @@ async fn webhook(app: &TestApp, token: &str, url: &str, events: &[&str], extra: 
         body[k] = v.clone();
     }
     let (status, t) = app
-        .api("POST", "/api/v1/notification-targets", Some(token), Some(body))
+        .api(
+            "POST",
+            "/api/v1/notification-targets",
+            Some(token),
+            Some(body),
+        )
         .await;
     assert_eq!(status, 201, "{t}");
     t["id"].as_str().unwrap().to_owned()
@@ -204,7 +209,10 @@ fn verifies(hit: &Hit, secret: &str) -> bool {
     let signed = format!("{ts}.{}", hit.body);
     let expected = format!(
         "v1={}",
-        hex::encode(relay::crypto::hmac_sha256(secret.as_bytes(), signed.as_bytes()))
+        hex::encode(relay::crypto::hmac_sha256(
+            secret.as_bytes(),
+            signed.as_bytes()
+        ))
     );
     hit.header("x-relay-signature") == expected
 }
@@ -216,15 +224,30 @@ async fn each_trigger_is_delivered_once_signed_and_the_secret_never_shown() {
     flags.extend(FAST);
     let app = spawn_app(&flags).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
-    let id = webhook(&app, &admin, &receiver.url("/hook/s3cr3t-path"), &["*"], json!({})).await;
+    let id = webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook/s3cr3t-path"),
+        &["*"],
+        json!({}),
+    )
+    .await;
 
     // The target as shown: no secret, no URL path.
     let (status, shown) = app
-        .api("GET", &format!("/api/v1/notification-targets/{id}"), Some(&admin), None)
+        .api(
+            "GET",
+            &format!("/api/v1/notification-targets/{id}"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let text = shown.to_string();
-    assert!(!text.contains("whsec-test") && !text.contains("s3cr3t-path"), "{shown}");
+    assert!(
+        !text.contains("whsec-test") && !text.contains("s3cr3t-path"),
+        "{shown}"
+    );
     assert_eq!(shown["has_secret"], true);
     assert_eq!(shown["tenant"], Value::Null);
 
@@ -282,7 +305,9 @@ async fn each_trigger_is_delivered_once_signed_and_the_secret_never_shown() {
     // The log shows each delivery once, delivered.
     let deliveries = log(&app, &admin, "/api/v1/admin/notifications?limit=100").await;
     assert_eq!(deliveries.len(), 7, "{deliveries:#?}");
-    assert!(deliveries.iter().all(|d| d["status"] == "delivered" && d["attempts"] == 1));
+    assert!(deliveries
+        .iter()
+        .all(|d| d["status"] == "delivered" && d["attempts"] == 1));
 
     // A test message, signed like the rest, lands in the log too.
     let (status, test) = app
@@ -311,7 +336,12 @@ async fn each_trigger_is_delivered_once_signed_and_the_secret_never_shown() {
         .await;
     assert_eq!(status, 200);
     let (status, _) = app
-        .api("DELETE", &format!("/api/v1/notification-targets/{id}"), Some(&admin), None)
+        .api(
+            "DELETE",
+            &format!("/api/v1/notification-targets/{id}"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let audited: Vec<(String, String)> = app
@@ -342,7 +372,9 @@ async fn each_trigger_is_delivered_once_signed_and_the_secret_never_shown() {
     );
     for (_, summary) in &audited {
         assert!(
-            !summary.contains("whsec") && !summary.contains("rotated") && !summary.contains("s3cr3t"),
+            !summary.contains("whsec")
+                && !summary.contains("rotated")
+                && !summary.contains("s3cr3t"),
             "{summary}"
         );
     }
@@ -357,7 +389,14 @@ async fn a_receiver_that_is_down_gets_the_alert_with_backoff_once_it_is_back() {
     flags.extend(FAST);
     let app = spawn_app(&flags).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
-    webhook(&app, &admin, &receiver.url("/hook"), &["account.*"], json!({})).await;
+    webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook"),
+        &["account.*"],
+        json!({}),
+    )
+    .await;
     let banned = health_change("acc_1", HealthState::Healthy, HealthState::Banned);
     app.state.publisher.publish(banned.clone());
 
@@ -373,13 +412,19 @@ async fn a_receiver_that_is_down_gets_the_alert_with_backoff_once_it_is_back() {
     };
     assert_eq!(pending["status"], "pending", "{pending}");
     assert_eq!(pending["response_status"], 503);
-    assert!(pending["last_error"].as_str().unwrap().contains("503"), "{pending}");
+    assert!(
+        pending["last_error"].as_str().unwrap().contains("503"),
+        "{pending}"
+    );
     // Backoff: attempt n+1 waits at least half of 100 ms × 2^(n−1) (jitter ½..1).
     let hits = receiver.hits();
     for (n, pair) in hits.windows(2).take(3).enumerate() {
         let gap = pair[1].at - pair[0].at;
         let least = Duration::from_millis(50 << n);
-        assert!(gap >= least, "gap {n} is {gap:?}, expected at least {least:?}");
+        assert!(
+            gap >= least,
+            "gap {n} is {gap:?}, expected at least {least:?}"
+        );
     }
 
     receiver.failing.store(false, Ordering::SeqCst);
@@ -389,7 +434,10 @@ async fn a_receiver_that_is_down_gets_the_alert_with_backoff_once_it_is_back() {
         if d[0]["status"] == "delivered" {
             break d[0].clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "never delivered: {d:#?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never delivered: {d:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let hits = receiver.hits();
@@ -409,10 +457,19 @@ async fn deliveries_past_the_maximum_age_are_marked_failed() {
     flags.extend(FAST);
     let app = spawn_app(&flags).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
-    webhook(&app, &admin, &receiver.url("/hook"), &["account.*"], json!({})).await;
-    app.state
-        .publisher
-        .publish(health_change("acc_1", HealthState::Healthy, HealthState::Banned));
+    webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook"),
+        &["account.*"],
+        json!({}),
+    )
+    .await;
+    app.state.publisher.publish(health_change(
+        "acc_1",
+        HealthState::Healthy,
+        HealthState::Banned,
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let d = log(&app, &admin, "/api/v1/admin/notifications").await;
@@ -471,13 +528,24 @@ async fn a_rebuild_or_a_lost_cursor_sends_nothing_again_and_new_targets_get_no_h
 }
 
 #[tokio::test]
-async fn tenant_targets_receive_only_their_own_tenants_alerts() {
+async fn tenant_targets_receive_only_their_own_tenants_alerts_on_sqlite() {
+    tenant_targets_receive_only_their_own_tenants_alerts(None).await;
+}
+
+#[tokio::test]
+async fn tenant_targets_receive_only_their_own_tenants_alerts_on_postgresql() {
+    let db = crate::admin::PgDb::new().await;
+    tenant_targets_receive_only_their_own_tenants_alerts(Some(db.url.clone())).await;
+    db.drop_db().await;
+}
+
+async fn tenant_targets_receive_only_their_own_tenants_alerts(database_url: Option<String>) {
     let operator = Receiver::start().await;
     let alices = Receiver::start().await;
     let bobs = Receiver::start().await;
     let mut flags = vec!["--projectors", "on"];
     flags.extend(FAST);
-    let app = spawn_app(&flags).await;
+    let app = spawn_app_on(database_url, &flags).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
     let mut tokens = Vec::new();
     for name in ["alice", "bob"] {
@@ -494,7 +562,12 @@ async fn tenant_targets_receive_only_their_own_tenants_alerts() {
     }
     let (alice, bob) = (&tokens[0], &tokens[1]);
     let (_, bk) = app
-        .api("POST", "/api/v1/api-keys", Some(bob), Some(json!({"name": "bob-key"})))
+        .api(
+            "POST",
+            "/api/v1/api-keys",
+            Some(bob),
+            Some(json!({"name": "bob-key"})),
+        )
         .await;
     let bob_key = bk["api_key"]["id"].as_str().unwrap().to_owned();
 
@@ -504,14 +577,31 @@ async fn tenant_targets_receive_only_their_own_tenants_alerts() {
     let bob_target = webhook(&app, bob, &bobs.url("/b"), &["*"], json!({})).await;
     for (token, body, status) in [
         // Account health is for the operator only.
-        (alice, json!({"type": "webhook", "url": alices.url("/x"), "secret": "s", "events": ["account.*"]}), 400),
+        (
+            alice,
+            json!({"type": "webhook", "url": alices.url("/x"), "secret": "s", "events": ["account.*"]}),
+            400,
+        ),
         // Another tenant's target cannot be made.
-        (alice, json!({"type": "webhook", "url": alices.url("/x"), "secret": "s", "events": ["*"], "tenant": "bob"}), 404),
+        (
+            alice,
+            json!({"type": "webhook", "url": alices.url("/x"), "secret": "s", "events": ["*"], "tenant": "bob"}),
+            404,
+        ),
         // A webhook is always signed.
-        (alice, json!({"type": "webhook", "url": alices.url("/x"), "events": ["*"]}), 400),
+        (
+            alice,
+            json!({"type": "webhook", "url": alices.url("/x"), "events": ["*"]}),
+            400,
+        ),
     ] {
         let (s, resp) = app
-            .api("POST", "/api/v1/notification-targets", Some(token), Some(body))
+            .api(
+                "POST",
+                "/api/v1/notification-targets",
+                Some(token),
+                Some(body),
+            )
             .await;
         assert_eq!(s, status, "{resp}");
     }
@@ -524,7 +614,12 @@ async fn tenant_targets_receive_only_their_own_tenants_alerts() {
     assert_eq!(mine["items"][0]["tenant"], "alice");
     for method in ["GET", "DELETE"] {
         let (s, _) = app
-            .api(method, &format!("/api/v1/notification-targets/{bob_target}"), Some(alice), None)
+            .api(
+                method,
+                &format!("/api/v1/notification-targets/{bob_target}"),
+                Some(alice),
+                None,
+            )
             .await;
         assert_eq!(s, 404);
     }
@@ -554,7 +649,13 @@ async fn tenant_targets_receive_only_their_own_tenants_alerts() {
     assert_eq!(ids(&bobs), [s(&bob_budget), s(&sentinel_b)]);
     assert_eq!(
         ids(&operator),
-        [s(&alice_budget), s(&bob_budget), s(&banned), s(&sentinel_a), s(&sentinel_b)]
+        [
+            s(&alice_budget),
+            s(&bob_budget),
+            s(&banned),
+            s(&sentinel_a),
+            s(&sentinel_b)
+        ]
     );
     assert_eq!(bobs.hits()[0].json()["tenant"], "bob");
     assert_eq!(bobs.hits()[0].json()["api_key"], bob_key);
@@ -563,12 +664,19 @@ async fn tenant_targets_receive_only_their_own_tenants_alerts() {
     // for administrators.
     let mine = log(&app, alice, "/api/v1/notifications?limit=100").await;
     assert_eq!(mine.len(), 2, "{mine:#?}");
-    assert!(mine.iter().all(|d| d["tenant"] == "alice" && d["target_id"] == alice_target));
+    assert!(mine
+        .iter()
+        .all(|d| d["tenant"] == "alice" && d["target_id"] == alice_target));
     let (s403, _) = app
         .api("GET", "/api/v1/admin/notifications", Some(alice), None)
         .await;
     assert_eq!(s403, 403);
-    assert_eq!(log(&app, &admin, "/api/v1/admin/notifications?limit=100").await.len(), 9);
+    assert_eq!(
+        log(&app, &admin, "/api/v1/admin/notifications?limit=100")
+            .await
+            .len(),
+        9
+    );
     app.stop().await;
 }
 
@@ -626,7 +734,12 @@ async fn chat_targets_receive_their_own_message_formats() {
         json!({"type": "telegram", "url": receiver.url(""), "secret": "123:ABC", "address": "-1001", "events": ["*"]}),
     ] {
         let (status, t) = app
-            .api("POST", "/api/v1/notification-targets", Some(&admin), Some(body))
+            .api(
+                "POST",
+                "/api/v1/notification-targets",
+                Some(&admin),
+                Some(body),
+            )
             .await;
         assert_eq!(status, 201, "{t}");
         assert!(!t.to_string().contains("123:ABC") && !t.to_string().contains("access_token"));
@@ -635,7 +748,11 @@ async fn chat_targets_receive_their_own_message_formats() {
     app.state.publisher.publish(e);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while receiver.hits().len() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "{:#?}", receiver.hits());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:#?}",
+            receiver.hits()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut hits = receiver.hits();
@@ -644,10 +761,20 @@ async fn chat_targets_receive_their_own_message_formats() {
         .iter()
         .map(|h| h.uri.split('?').next().unwrap().to_owned())
         .collect();
-    assert_eq!(paths, ["/bot123:ABC/sendMessage", "/ding", "/feishu", "/slack"]);
+    assert_eq!(
+        paths,
+        ["/bot123:ABC/sendMessage", "/ding", "/feishu", "/slack"]
+    );
     assert_eq!(hits[0].json()["chat_id"], "-1001");
-    assert!(hits[0].json()["text"].as_str().unwrap().contains("acc_1 is banned"));
-    assert!(hits[1].uri.contains("access_token=t&timestamp="), "{}", hits[1].uri);
+    assert!(hits[0].json()["text"]
+        .as_str()
+        .unwrap()
+        .contains("acc_1 is banned"));
+    assert!(
+        hits[1].uri.contains("access_token=t&timestamp="),
+        "{}",
+        hits[1].uri
+    );
     assert!(hits[1].uri.contains("&sign="));
     assert_eq!(hits[1].json()["msgtype"], "markdown");
     assert_eq!(hits[2].json()["msg_type"], "text");
