@@ -782,3 +782,35 @@ async fn chat_targets_receive_their_own_message_formats() {
     assert!(hits[3].json()["blocks"].is_array());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_upstream_429_reaches_the_operator_as_a_rate_limit_alert_with_its_back_at() {
+    let receiver = Receiver::start().await;
+    let mock = bench::mock::MockUpstream::start().await;
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    webhook(&app, &admin, &receiver.url("/hook"), &["account.*"], json!({})).await;
+    let a = app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    app.add_account(&mock, Acc::new("b", KEY_B).priority(1))
+        .await;
+    mock.script(KEY_A, [bench::mock::Step::rate_limited(30)]);
+    let r = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let hits = receiver.wait_for("account.rate_limited").await;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    let alert = hits[0].json();
+    assert_eq!(alert["account"], a.as_str());
+    assert_eq!(alert["details"]["upstream_status"], 429);
+    let until = alert["details"]["until"].as_str().unwrap();
+    let back = chrono::DateTime::parse_from_rfc3339(until).unwrap();
+    let wait = back.with_timezone(&Utc) - Utc::now();
+    assert!(
+        wait > chrono::Duration::seconds(20) && wait <= chrono::Duration::seconds(31),
+        "{alert}"
+    );
+    assert!(alert["message"].as_str().unwrap().contains("back at"));
+    assert!(verifies(&hits[0], "whsec-test"));
+    app.stop().await;
+}
