@@ -26,6 +26,10 @@ pub enum TargetKind {
     Dingtalk,
     /// A Telegram bot: the secret is the bot token, the address the chat id.
     Telegram,
+    /// E-mail over SMTP: the URL is the server (`smtps://user@host`,
+    /// `smtp://user@host:587?tls=required`), the address the recipients, the secret
+    /// the password.
+    Email,
 }
 
 impl TargetKind {
@@ -37,6 +41,7 @@ impl TargetKind {
             TargetKind::Feishu => "feishu",
             TargetKind::Dingtalk => "dingtalk",
             TargetKind::Telegram => "telegram",
+            TargetKind::Email => "email",
         }
     }
 
@@ -48,6 +53,7 @@ impl TargetKind {
             TargetKind::Feishu,
             TargetKind::Dingtalk,
             TargetKind::Telegram,
+            TargetKind::Email,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -199,6 +205,7 @@ pub fn outgoing(dest: &Destination, alert: &Alert, now: DateTime<Utc>) -> Result
                 body: dingtalk_body(alert).to_string(),
             })
         }
+        TargetKind::Email => Err("e-mail is sent over SMTP, not HTTP".into()),
         TargetKind::Telegram => {
             let token = secret.ok_or("a Telegram target needs its bot token as the secret")?;
             Ok(Outgoing {
@@ -274,6 +281,19 @@ pub fn telegram_body(alert: &Alert, chat_id: &str) -> Value {
     })
 }
 
+/// An e-mail's subject and plain-text body.
+pub fn email_text(alert: &Alert) -> (String, String) {
+    (
+        format!("[relay {}] {}", alert.severity, alert.title),
+        format!(
+            "{}\n\n{}\nEvent id: {}\n",
+            alert.message,
+            footer(alert),
+            alert.id
+        ),
+    )
+}
+
 /// Whether a response means the message was accepted. Besides a 2xx status, Feishu
 /// answers `{"code": 0}`, DingTalk `{"errcode": 0}` and Telegram `{"ok": true}`; they
 /// report refusals (a bad signature, a wrong chat) in the body of a 200.
@@ -293,7 +313,7 @@ pub fn accepted(kind: TargetKind, status: u16, body: &str) -> Result<(), String>
             .and_then(Value::as_i64)
             .is_some_and(|c| c != 0),
         TargetKind::Telegram => json.get("ok").and_then(Value::as_bool) == Some(false),
-        TargetKind::Webhook | TargetKind::Slack => false,
+        TargetKind::Webhook | TargetKind::Slack | TargetKind::Email => false,
     };
     if refused {
         Err(format!("refused: {}", clip(body)))
@@ -438,6 +458,16 @@ mod tests {
             json!({"chat_id": "-100123", "text": format!("{text}\n{footer}"), "disable_web_page_preview": true})
         );
         assert!(outgoing(&dest(TargetKind::Telegram, None), &a, now()).is_err());
+        assert_eq!(
+            email_text(&a),
+            (
+                "[relay warning] Budget of tenant:acme passed 80%".to_owned(),
+                format!(
+                    "monthly_budget_usd of tenant:acme passed 80%: $8 of $10\n\n{footer}\n\
+                     Event id: 0190f5a2-0000-7000-8000-000000000001\n"
+                )
+            )
+        );
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub async fn send(
     alert: &Alert,
     now: DateTime<Utc>,
 ) -> Result<u16, SendError> {
+    if dest.kind == payload::TargetKind::Email {
+        return send_email(dest, alert, SMTP_TIMEOUT).await;
+    }
     let out = payload::outgoing(dest, alert, now).map_err(|e| (None, e))?;
     let mut req = http
         .post(&out.url)
@@ -79,6 +82,62 @@ pub async fn send(
     payload::accepted(dest.kind, status, &body)
         .map(|()| status)
         .map_err(|e| (Some(status), e))
+}
+
+/// Timeout of one e-mail delivery.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sender of an e-mail target: the URL's `from` parameter, else `relay@<host>`.
+pub fn email_sender(url: &url::Url) -> String {
+    url.query_pairs()
+        .find(|(k, _)| k == "from")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| format!("relay@{}", url.host_str().unwrap_or("localhost")))
+}
+
+/// Sends one alert by e-mail (the reply code when the server accepted it).
+async fn send_email(
+    dest: &Destination,
+    alert: &Alert,
+    timeout: Duration,
+) -> Result<u16, SendError> {
+    use lettre::message::header::ContentType;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let fail = |e: String| (None, e);
+    let mut url = url::Url::parse(&dest.url).map_err(|_| fail("the SMTP URL is invalid".into()))?;
+    let (subject, body) = payload::email_text(alert);
+    let from = email_sender(&url)
+        .parse()
+        .map_err(|e| fail(format!("bad sender: {e}")))?;
+    let mut message = Message::builder().from(from).subject(subject);
+    for to in dest
+        .address
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        message = message.to(to
+            .parse()
+            .map_err(|e| fail(format!("bad recipient {to}: {e}")))?);
+    }
+    let message = message
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| fail(e.to_string()))?;
+    // The password is the sealed secret; the URL names the user.
+    if let Some(password) = &dest.secret {
+        url.set_password(Some(password.expose()))
+            .map_err(|()| fail("the SMTP URL cannot carry a password".into()))?;
+    }
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.as_str())
+        .map_err(|e| fail(e.to_string()))?
+        .timeout(Some(timeout))
+        .build();
+    let response = transport
+        .send(message)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(response.code().to_string().parse().unwrap_or(250))
 }
 
 /// A transport error with its causes, without the URL.

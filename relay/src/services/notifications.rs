@@ -86,6 +86,9 @@ fn check_url(s: &Services, kind: TargetKind, url: Option<&str>) -> Result<String
             "url must be at most 2048 characters".into(),
         ));
     }
+    if kind == TargetKind::Email {
+        return check_smtp_url(s, url);
+    }
     s.settings
         .egress
         .check_url("url", &url)
@@ -93,9 +96,51 @@ fn check_url(s: &Services, kind: TargetKind, url: Option<&str>) -> Result<String
     Ok(url)
 }
 
+/// An SMTP server URL: `smtps://` or `smtp://` (`?tls=required` for STARTTLS), a host
+/// the egress policy allows, a valid sender.
+fn check_smtp_url(s: &Services, url: String) -> Result<String, ServiceError> {
+    let bad = |m: &str| ServiceError::BadRequest(m.to_owned());
+    let parsed = url::Url::parse(&url).map_err(|_| bad("url is not a URL"))?;
+    if !matches!(parsed.scheme(), "smtp" | "smtps") {
+        return Err(bad(
+            "an email target's url is smtps://user@host[:port] or smtp://user@host:587?tls=required",
+        ));
+    }
+    let host = parsed.host_str().ok_or_else(|| bad("url has no host"))?;
+    s.settings
+        .egress
+        .check_url("url", &format!("http://{host}/"))
+        .map_err(ServiceError::BadRequest)?;
+    if parsed.password().is_some() {
+        return Err(bad("put the SMTP password in secret, not in the url"));
+    }
+    worker::email_sender(&parsed)
+        .parse::<lettre::Address>()
+        .map_err(|e| ServiceError::BadRequest(format!("the sender (from) is invalid: {e}")))?;
+    Ok(url)
+}
+
 fn check_address(kind: TargetKind, address: Option<&str>) -> Result<String, ServiceError> {
     let a = address.map(str::trim).unwrap_or_default();
     match kind {
+        TargetKind::Email => {
+            let to: Vec<&str> = a
+                .split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .collect();
+            if to.is_empty() || to.len() > 10 {
+                return Err(ServiceError::BadRequest(
+                    "an email target needs 1 to 10 recipients in address, comma-separated".into(),
+                ));
+            }
+            for x in &to {
+                x.parse::<lettre::Address>().map_err(|e| {
+                    ServiceError::BadRequest(format!("recipient {x:?} is invalid: {e}"))
+                })?;
+            }
+            Ok(to.join(","))
+        }
         TargetKind::Telegram if a.is_empty() => Err(ServiceError::BadRequest(
             "a telegram target needs its chat id as the address".into(),
         )),

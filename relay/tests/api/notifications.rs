@@ -791,7 +791,14 @@ async fn an_upstream_429_reaches_the_operator_as_a_rate_limit_alert_with_its_bac
     flags.extend(FAST);
     let app = spawn_app(&flags).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
-    webhook(&app, &admin, &receiver.url("/hook"), &["account.*"], json!({})).await;
+    webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook"),
+        &["account.*"],
+        json!({}),
+    )
+    .await;
     let a = app.add_account(&mock, Acc::new("a", KEY_A)).await;
     app.add_account(&mock, Acc::new("b", KEY_B).priority(1))
         .await;
@@ -812,5 +819,129 @@ async fn an_upstream_429_reaches_the_operator_as_a_rate_limit_alert_with_its_bac
     );
     assert!(alert["message"].as_str().unwrap().contains("back at"));
     assert!(verifies(&hits[0], "whsec-test"));
+    app.stop().await;
+}
+
+/// A tiny SMTP server that accepts every message and keeps what it received.
+struct SmtpSink {
+    addr: std::net::SocketAddr,
+    mails: Arc<Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    async fn start() -> SmtpSink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mails: Arc<Mutex<Vec<String>>> = Arc::default();
+        let kept = mails.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(smtp_session(stream, kept.clone()));
+            }
+        });
+        SmtpSink { addr, mails }
+    }
+}
+
+/// One SMTP session: every command is accepted; `DATA` is kept, envelope included.
+async fn smtp_session(stream: tokio::net::TcpStream, mails: Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut envelope = String::new();
+    w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let cmd = line.trim_end().to_ascii_uppercase();
+        let reply: &[u8] = if cmd.starts_with("EHLO") {
+            b"250-sink\r\n250 8BITMIME\r\n"
+        } else if cmd.starts_with("MAIL") || cmd.starts_with("RCPT") {
+            envelope.push_str(&line);
+            b"250 OK\r\n"
+        } else if cmd == "DATA" {
+            w.write_all(b"354 go on\r\n").await.unwrap();
+            let mut data = envelope.clone();
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).await.unwrap_or(0) == 0 || l == ".\r\n" {
+                    break;
+                }
+                data.push_str(&l);
+            }
+            mails.lock().unwrap().push(data);
+            b"250 queued\r\n"
+        } else if cmd == "QUIT" {
+            let _ = w.write_all(b"221 bye\r\n").await;
+            return;
+        } else {
+            b"250 OK\r\n"
+        };
+        w.write_all(reply).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_email_target_gets_the_alert_over_smtp() {
+    let sink = SmtpSink::start().await;
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    let url = format!("smtp://{}?from=alerts@relay.example", sink.addr);
+    let (status, t) = app
+        .api(
+            "POST",
+            "/api/v1/notification-targets",
+            Some(&admin),
+            Some(json!({"type": "email", "url": url, "address": "ops@example.com, oncall@example.com", "events": ["account.*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(t["address"], "ops@example.com,oncall@example.com");
+    let (status, e) = app
+        .api(
+            "POST",
+            "/api/v1/notification-targets",
+            Some(&admin),
+            Some(
+                json!({"type": "email", "url": url, "address": "not an address", "events": ["*"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    let banned = health_change("acc_9", HealthState::Healthy, HealthState::Banned);
+    app.state.publisher.publish(banned.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mail = loop {
+        if let Some(m) = sink.mails.lock().unwrap().first().cloned() {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no mail arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(mail.contains("MAIL FROM:<alerts@relay.example>"), "{mail}");
+    assert!(
+        mail.contains("RCPT TO:<ops@example.com>") && mail.contains("RCPT TO:<oncall@example.com>"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("Subject: [relay critical] Account acc_9 is banned"),
+        "{mail}"
+    );
+    assert!(mail.contains(&banned.id.to_string()), "{mail}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = log(&app, &admin, "/api/v1/admin/notifications").await;
+        if d.len() == 1 && d[0]["status"] == "delivered" {
+            assert_eq!(d[0]["response_status"], 250);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{d:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sink.mails.lock().unwrap().len(), 1);
     app.stop().await;
 }
