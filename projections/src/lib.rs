@@ -1,5 +1,5 @@
 //! Read models built from the event log: the usage ledger and totals with exact costs,
-//! account status, the request log and the audit log; plus the runner that keeps them
+//! account status, the request log, the audit log and the notification outbox; plus the runner that keeps them
 //! up to date, replay (rebuild, reprice) and the read functions the admin API, the CLI
 //! and the bench harness call.
 //!
@@ -14,7 +14,8 @@
 //! - [`money`]: nanodollars ↔ `Decimal`;
 //! - [`pricing`]: the effective-dated price table and the cost of one usage event;
 //! - [`runner`]: the [`Projection`] trait and the [`Projector`] that feeds it;
-//! - [`usage`], [`accounts`], [`requests`], [`audit`]: the projections;
+//! - [`usage`], [`accounts`], [`requests`], [`audit`], [`notifications`]: the
+//!   projections;
 //! - [`read`]: queries over the read models, statements included;
 //! - [`replay`]: rebuild and reprice.
 
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod db;
 mod error;
 pub mod money;
+pub mod notifications;
 pub mod pricing;
 pub mod read;
 pub mod replay;
@@ -35,21 +37,23 @@ pub use db::{connect, migrate, Backend};
 pub use error::Error;
 pub use pricing::PriceTable;
 pub use replay::{rebuild, reprice, reprice_with};
-pub use runner::{Lag, Projection, Projector, ProjectorOptions};
+pub use runner::{release_lease, try_lease, Lag, Projection, Projector, ProjectorOptions};
 
 use std::sync::Arc;
 
 /// Every projection this crate ships, in a fixed order, priced with `prices`.
 ///
-/// Names: `usage` (ledger and totals), `accounts`, `requests`, `audit`.
+/// Names: `usage` (ledger and totals), `accounts`, `requests`, `audit`,
+/// `notifications` (the outbox).
 pub fn all(prices: Arc<PriceTable>) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(usage::UsageProjection::new(prices)),
         Arc::new(accounts::AccountsProjection),
         Arc::new(requests::RequestsProjection),
         Arc::new(audit::AuditProjection),
+        Arc::new(notifications::NotificationsProjection),
     ]
 }
 
 /// The names of [`all`], for CLI validation and help texts.
-pub const PROJECTION_NAMES: [&str; 4] = ["usage", "accounts", "requests", "audit"];
+pub const PROJECTION_NAMES: [&str; 5] = ["usage", "accounts", "requests", "audit", "notifications"];

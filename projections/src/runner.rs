@@ -167,7 +167,7 @@ fn ttl_ms(ttl: Duration) -> i64 {
 
 /// Takes (or renews) the lease `name` for `holder` when it is free, expired or already
 /// ours. Returns whether we hold it now.
-pub(crate) async fn try_lease(
+pub async fn try_lease(
     db: &AnyPool,
     name: &str,
     holder: &str,
@@ -387,7 +387,7 @@ pub(crate) async fn lease_or_fail(
 }
 
 /// Gives the lease up (best effort: an unreleased lease simply expires).
-pub(crate) async fn release_lease(db: &AnyPool, name: &str, holder: &str) {
+pub async fn release_lease(db: &AnyPool, name: &str, holder: &str) {
     let done = sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
         .bind(name)
         .bind(holder)

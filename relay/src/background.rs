@@ -32,6 +32,7 @@ pub fn spawn(state: &AppState) {
         .tracker
         .spawn(state.limiter.clone().run(state.shutdown.clone()));
     crate::proxy::tasks::spawn(state);
+    crate::notify::spawn(state);
 }
 
 /// Refreshes OAuth access tokens shortly before they lapse. The pool picks the new

@@ -363,6 +363,10 @@ pub struct ServeConfig {
     /// Let anyone create a `user` account with `POST /api/v1/auth/register`.
     #[arg(long, env = "REGISTRATION_ENABLED", default_value_t = false)]
     pub registration_enabled: bool,
+
+    /// Alert delivery (`NOTIFIER`, `NOTIFY_*`).
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// A boolean switch spelled `on`/`off`.

@@ -79,11 +79,18 @@ impl fmt::Debug for KeyHasher {
     }
 }
 
-/// HMAC-SHA-256 (RFC 2104) for keys of at most one block.
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+/// HMAC-SHA-256 (RFC 2104). A key longer than one block is hashed first.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let hashed: [u8; 32];
+    let key = if key.len() > 64 {
+        hashed = Sha256::digest(key).into();
+        &hashed[..]
+    } else {
+        key
+    };
     let mut ipad = [0x36u8; 64];
     let mut opad = [0x5cu8; 64];
-    for (i, b) in key.iter().take(64).enumerate() {
+    for (i, b) in key.iter().enumerate() {
         ipad[i] ^= b;
         opad[i] ^= b;
     }
@@ -247,6 +254,18 @@ pub fn key_prefix(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_hashes_keys_longer_than_a_block_first() {
+        // RFC 4231, test case 6 (webhook and Feishu signing keys can be long).
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
 
     #[test]
     fn sealed_credentials_open_with_the_same_key_only() {

@@ -14,6 +14,7 @@
 //!   events, cache invalidation in one place);
 //! - [`admin`], [`ops`]: the admin API's thin handlers; `/api/v1/status`;
 //! - [`console`]: the web console at `/console`, static files over the admin API;
+//! - [`notify`]: alerts and webhooks delivered from the notification outbox;
 //! - [`cmd`]: operator subcommands.
 
 pub mod account_probe;
@@ -34,6 +35,7 @@ pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod oauth;
 pub mod oauth_onboarding;
 pub mod ops;

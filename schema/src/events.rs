@@ -357,6 +357,14 @@ admin_verbs! {
     /// A key's or a tenant's budget passed 50, 80 or 100 % in its window (one event
     /// per threshold per window, with a deterministic id).
     BudgetThreshold = "budget.threshold_crossed",
+    /// A notification target was created.
+    NotificationTargetCreate = "notification_target.create",
+    /// A notification target's settings, URL or secret changed.
+    NotificationTargetUpdate = "notification_target.update",
+    /// A notification target was deleted.
+    NotificationTargetDelete = "notification_target.delete",
+    /// A test message was sent to a notification target.
+    NotificationTargetTest = "notification_target.test",
 }
 
 impl AdminAction {

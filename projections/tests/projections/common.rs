@@ -428,13 +428,14 @@ pub fn auth_failed(when: DateTime<Utc>) -> Envelope {
 // ------------------------------------------------------------------ dumps
 
 /// Tables and their key columns, for row-by-row comparison.
-pub const TABLES: [(&str, &str); 7] = [
+pub const TABLES: [(&str, &str); 8] = [
     ("usage_ledger", "event_id"),
     ("usage_totals", "day, tenant, api_key, account, model"),
     ("account_status", "account"),
     ("account_status_events", "event_id"),
     ("request_log", "event_id"),
     ("audit_log", "event_id"),
+    ("notification_outbox", "event_id"),
     ("projection_checkpoints", "projection"),
 ];
 

@@ -54,6 +54,7 @@ both!(
     request_log_joins_usage_and_prunes,
     audit_log_keeps_admin_actions_and_auth_failures,
     totals_roll_up_and_shift_by_display_offset,
+    outbox_holds_one_row_per_notable_event,
 );
 
 async fn the_final_usage_is_priced_with_all_five_token_kinds(db: &TestDb) {
@@ -706,4 +707,59 @@ async fn totals_roll_up_and_shift_by_display_offset(db: &TestDb) {
     f.api_key = Some("key_b".into());
     let only_b = read::usage_totals(&db.pool, &f).await.unwrap();
     assert_eq!(only_b[0].requests, 1);
+}
+
+async fn outbox_holds_one_row_per_notable_event(db: &TestDb) {
+    let log = MemLog::new();
+    let limited = health(
+        "acc_1",
+        HealthState::Healthy,
+        HealthState::RateLimited,
+        HealthReason::RateLimited,
+        at(2026, 11, 3, 12),
+        HealthEvidence::default(),
+    );
+    let overloaded = health(
+        "acc_1",
+        HealthState::Healthy,
+        HealthState::Overloaded,
+        HealthReason::Overloaded,
+        at(2026, 11, 3, 12),
+        HealthEvidence::default(),
+    );
+    let budget = admin("budget.threshold_crossed", at(2026, 11, 3, 13));
+    // A duplicate published again after the dedup window arrives at a new position.
+    log.push_all(&[
+        limited.clone(),
+        overloaded,
+        usage(&UsageSpec::default()),
+        budget.clone(),
+        limited.clone(),
+        admin("key.create", at(2026, 11, 3, 14)),
+    ]);
+    catch_up(&db.pool, log).await;
+    let rows =
+        sqlx::query("SELECT event_id, kind, audience FROM notification_outbox ORDER BY position")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                limited.id.to_string(),
+                "account.rate_limited".into(),
+                "operator".into()
+            ),
+            (
+                budget.id.to_string(),
+                "budget.threshold_crossed".into(),
+                "tenant".into()
+            ),
+        ]
+    );
 }

@@ -472,7 +472,7 @@ async fn group_catches_up_members_at_different_checkpoints(db: &TestDb) {
     // A duplicate at a new position, seen by the group only.
     log.push(&events[10]);
     let group = Projector::group(db.pool.clone(), log.clone(), all).with_options(quick());
-    assert_eq!(group.name(), "usage+accounts+requests+audit");
+    assert_eq!(group.name(), "usage+accounts+requests+audit+notifications");
     assert_eq!(group.current_lag().await.unwrap().checkpoint, 0);
     assert_eq!(group.run_until_caught_up().await.unwrap(), 1_501);
     assert_eq!(group.current_lag().await.unwrap().behind(), 0);

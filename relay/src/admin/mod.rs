@@ -5,10 +5,12 @@
 //! - [`error`]: [`AdminError`] and the body extractors that turn bad input into 40001;
 //! - [`auth`]: the bearer-token extractor, login, registration, `me`, password;
 //! - [`routes`]: accounts, groups, keys, users, tenants and the read side;
+//! - [`notifications`]: notification targets and the delivery log;
 //! - [`openapi`]: the OpenAPI document of all of it, served at `/api/v1/openapi.json`.
 
 pub mod auth;
 pub mod error;
+pub mod notifications;
 pub mod openapi;
 pub mod routes;
 

@@ -6,7 +6,7 @@
 use super::error::{
     BadRequest, Conflict, ErrorBody, Forbidden, Internal, NotFound, TooManyRequests, Unauthorized,
 };
-use super::{auth, routes, AdminError};
+use super::{auth, notifications, routes, AdminError};
 use crate::services::ServiceError;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -61,6 +61,14 @@ use utoipa::{Modify, OpenApi, ToSchema};
         routes::statement,
         routes::logs,
         routes::audit,
+        notifications::list_targets,
+        notifications::create_target,
+        notifications::get_target,
+        notifications::update_target,
+        notifications::delete_target,
+        notifications::test_target,
+        notifications::admin_deliveries,
+        notifications::deliveries,
         status,
         serve,
     ),
@@ -84,6 +92,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "keys", description = "Relay API keys: a user's own, or any for administrators"),
         (name = "users", description = "Users and tenants (administrators)"),
         (name = "reads", description = "Usage, statements, request log, audit log"),
+        (name = "notifications", description = "Alert targets (webhook, Slack, Feishu, DingTalk, Telegram) and the delivery log"),
         (name = "ops", description = "Service status and this document"),
     )
 )]

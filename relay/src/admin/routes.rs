@@ -72,6 +72,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/admin/audit", get(audit))
         .route("/api/v1/status", get(crate::ops::status))
         .route("/api/v1/openapi.json", get(super::openapi::serve))
+        .merge(super::notifications::router())
         .route("/api/v1/{*rest}", axum::routing::any(not_found))
 }
 

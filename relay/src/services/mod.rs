@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod groups;
 pub mod keys;
+pub mod notifications;
 pub mod reads;
 pub mod schemas;
 pub mod users;

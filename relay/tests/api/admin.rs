@@ -413,6 +413,24 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("GET", "/api/v1/statements?tenant={tenant}", None),
         ("GET", "/api/v1/logs?tenant={tenant}", None),
         ("GET", "/api/v1/admin/audit", None),
+        ("GET", "/api/v1/notification-targets", None),
+        (
+            "POST",
+            "/api/v1/notification-targets",
+            Some(
+                json!({"type": "webhook", "url": "https://hooks.example.com/x", "secret": "s", "events": ["budget.*"]}),
+            ),
+        ),
+        ("GET", "/api/v1/notification-targets/{id}", None),
+        (
+            "PATCH",
+            "/api/v1/notification-targets/{id}",
+            Some(json!({"enabled": false})),
+        ),
+        ("DELETE", "/api/v1/notification-targets/{id}", None),
+        ("POST", "/api/v1/notification-targets/{id}/test", None),
+        ("GET", "/api/v1/admin/notifications", None),
+        ("GET", "/api/v1/notifications", None),
     ]
 }
 
@@ -451,6 +469,7 @@ struct Ids<'a> {
     key: &'a str,
     user: &'a str,
     tenant: &'a str,
+    target: &'a str,
 }
 
 impl Ids<'_> {
@@ -466,6 +485,7 @@ impl Ids<'_> {
             "/api/v1/api-keys" => self.key,
             "/api/v1/admin/users" => self.user,
             "/api/v1/admin/tenants" => self.tenant,
+            "/api/v1/notification-targets" => self.target,
             other => panic!("no id stands for {other}/{{id}}: add one to Ids"),
         };
         format!("{collection}/{id}{rest}")
@@ -619,6 +639,7 @@ async fn every_openapi_operation_is_routed_and_in_the_route_table() {
         key: "key_none",
         user: "usr_none",
         tenant: "none",
+        target: "ntf_none",
     };
     for op in &ops {
         let path = nothing.fill(&op.path);
@@ -656,12 +677,23 @@ async fn a_user_never_sees_or_changes_another_tenants_data() {
         )
         .await;
     let group = g["id"].as_i64().unwrap().to_string();
+    let (status, bt) = app
+        .api(
+            "POST",
+            "/api/v1/notification-targets",
+            Some(&t.bob),
+            Some(json!({"type": "slack", "url": "https://hooks.example.com/bob", "events": ["budget.*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{bt}");
+    let bob_target = bt["id"].as_str().unwrap().to_owned();
     let bobs = Ids {
         account: acc.as_str(),
         group: &group,
         key: &t.bob_key_id,
         user: &t.bob_id,
         tenant: "bob",
+        target: &bob_target,
     };
     // Groups are shared configuration (a user picks one for a key): readable by all,
     // changed only by admins.
@@ -675,7 +707,10 @@ async fn a_user_never_sees_or_changes_another_tenants_data() {
             "{method} {filled} leaked bob's data: {resp}"
         );
         assert!(status < 500, "{method} {filled}: {status} {resp}");
-        if filled.contains(&t.bob_key_id) || filled.contains("tenant=bob") {
+        if filled.contains(&t.bob_key_id)
+            || filled.contains("tenant=bob")
+            || filled.contains(&bob_target)
+        {
             assert_eq!(status, 404, "{method} {filled}: {resp}");
         } else if admin_only(&filled) || (method != "GET" && filled.starts_with("/api/v1/groups")) {
             assert!(
@@ -754,6 +789,7 @@ async fn bad_tokens_get_401_on_every_route() {
         key: &t.bob_key_id,
         user: &t.bob_id,
         tenant: "bob",
+        target: "ntf_x",
     };
     // A disabled user's token.
     let (status, _) = app
@@ -1249,6 +1285,7 @@ async fn hostile_input_on_every_documented_operation_gets_a_4xx_never_a_5xx() {
         key: &t.bob_key_id,
         user: &t.bob_id,
         tenant: "bob",
+        target: "ntf_x",
     };
     let (_, doc) = app.api("GET", "/api/v1/openapi.json", None, None).await;
     let huge = "x".repeat(1 << 20);

@@ -19,6 +19,7 @@ mod faults;
 mod forwarding;
 mod fuzz;
 mod limits;
+mod notifications;
 mod oauth;
 mod operator_hygiene;
 mod proxies;

@@ -1,0 +1,947 @@
+//! Alerts and webhooks: events in the log become deliveries to local receivers, once
+//! each, signed, retried while the receiver is down, never re-sent by a rebuild, and
+//! never across tenants.
+
+use crate::*;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use chrono::Utc;
+use schema::{
+    AccountHealthChanged, AdminAction, AdminVerb, ApiKeyId, HealthEvidence, HealthReason,
+    HealthState,
+};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// Fast delivery for tests: poll every 50 ms, retry after 100 ms, 200 ms, 400 ms, …
+const FAST: [&str; 6] = [
+    "--notify-poll-ms",
+    "50",
+    "--notify-retry-base-ms",
+    "100",
+    "--notify-retry-max-ms",
+    "400",
+];
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+struct Hit {
+    uri: String,
+    headers: HeaderMap,
+    body: String,
+    at: tokio::time::Instant,
+}
+
+impl Hit {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers[name].to_str().unwrap()
+    }
+}
+
+/// A local HTTP receiver that records every request; answers 503 while `failing`.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let failing = Arc::new(AtomicBool::new(false));
+        let (h, f) = (hits.clone(), failing.clone());
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (h, f) = (h.clone(), f.clone());
+            async move {
+                h.lock().unwrap().push(Hit {
+                    uri: uri.to_string(),
+                    headers,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    at: tokio::time::Instant::now(),
+                });
+                if f.load(Ordering::SeqCst) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance")
+                } else {
+                    (StatusCode::OK, "ok")
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            addr,
+            hits,
+            failing,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// The alert types received, in order.
+    fn types(&self) -> Vec<String> {
+        self.hits()
+            .iter()
+            .map(|h| h.json()["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Polls until a request whose body contains `needle` arrived (10 s).
+    async fn wait_for(&self, needle: &str) -> Vec<Hit> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let hits = self.hits();
+            if hits.iter().any(|h| h.body.contains(needle)) {
+                return hits;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no request containing {needle} arrived: {hits:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn health_change(account: &str, from: HealthState, to: HealthState) -> Envelope {
+    let reason = match to {
+        HealthState::RateLimited => HealthReason::RateLimited,
+        HealthState::Banned => HealthReason::Forbidden,
+        HealthState::Unauthorized => HealthReason::Unauthorized,
+        _ => HealthReason::CooldownExpired,
+    };
+    let now = Utc::now();
+    Envelope::new(
+        Uuid::now_v7(),
+        now,
+        Event::AccountHealthChanged(AccountHealthChanged {
+            account: AccountId::parse(account).unwrap(),
+            from,
+            to,
+            reason,
+            until: (to == HealthState::RateLimited).then(|| now + chrono::Duration::seconds(60)),
+            evidence: HealthEvidence::default(),
+        }),
+    )
+    .with_account(Some(AccountId::parse(account).unwrap()))
+}
+
+fn relay_action(verb: AdminVerb, target: &str, summary: &str) -> Envelope {
+    Envelope::new(
+        Uuid::now_v7(),
+        Utc::now(),
+        Event::AdminAction(AdminAction::new("relay", verb, target, summary)),
+    )
+}
+
+fn tenant_budget(tenant: &str, pct: u32) -> Envelope {
+    relay_action(
+        AdminVerb::BudgetThreshold,
+        &format!("tenant:{tenant}"),
+        &format!("monthly_budget_usd of tenant:{tenant} passed {pct}%: $8 of $10"),
+    )
+    .with_key(Some(TenantId::parse(tenant).unwrap()), None)
+}
+
+fn key_budget(key: &str, pct: u32) -> Envelope {
+    relay_action(
+        AdminVerb::BudgetThreshold,
+        &format!("key:{key}"),
+        &format!("daily_budget_usd of key:{key} passed {pct}%: $5 of $10"),
+    )
+    .with_key(None, Some(ApiKeyId::parse(key).unwrap()))
+}
+
+/// Creates a webhook target as `token`; returns its id.
+async fn webhook(app: &TestApp, token: &str, url: &str, events: &[&str], extra: Value) -> String {
+    let mut body = json!({"type": "webhook", "url": url, "secret": "whsec-test", "events": events});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, t) = app
+        .api(
+            "POST",
+            "/api/v1/notification-targets",
+            Some(token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    t["id"].as_str().unwrap().to_owned()
+}
+
+/// The delivery log as `token` sees it at `path`.
+async fn log(app: &TestApp, token: &str, path: &str) -> Vec<Value> {
+    let (status, page) = app.api("GET", path, Some(token), None).await;
+    assert_eq!(status, 200, "{page}");
+    page["items"].as_array().unwrap().clone()
+}
+
+/// Runs the projections until they reach the log's head (for relays without
+/// in-process projectors).
+async fn project(app: &TestApp) {
+    app.events().await;
+    let prices = relay::projectors::price_table(&app.state.common).unwrap();
+    projections::Projector::group(
+        app.state.db.clone(),
+        app.state.log.clone(),
+        projections::all(prices),
+    )
+    .run_until_caught_up()
+    .await
+    .unwrap();
+}
+
+/// The documented recipe: hex HMAC-SHA256 of "{timestamp}.{body}" under the secret.
+fn verifies(hit: &Hit, secret: &str) -> bool {
+    let ts = hit.header("x-relay-timestamp");
+    let signed = format!("{ts}.{}", hit.body);
+    let expected = format!(
+        "v1={}",
+        hex::encode(relay::crypto::hmac_sha256(
+            secret.as_bytes(),
+            signed.as_bytes()
+        ))
+    );
+    hit.header("x-relay-signature") == expected
+}
+
+#[tokio::test]
+async fn each_trigger_is_delivered_once_signed_and_the_secret_never_shown() {
+    let receiver = Receiver::start().await;
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    let id = webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook/s3cr3t-path"),
+        &["*"],
+        json!({}),
+    )
+    .await;
+
+    // The target as shown: no secret, no URL path.
+    let (status, shown) = app
+        .api(
+            "GET",
+            &format!("/api/v1/notification-targets/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let text = shown.to_string();
+    assert!(
+        !text.contains("whsec-test") && !text.contains("s3cr3t-path"),
+        "{shown}"
+    );
+    assert_eq!(shown["has_secret"], true);
+    assert_eq!(shown["tenant"], Value::Null);
+
+    let limited = health_change("acc_1", HealthState::Healthy, HealthState::RateLimited);
+    let events = [
+        limited.clone(),
+        health_change("acc_2", HealthState::Healthy, HealthState::Banned),
+        health_change("acc_3", HealthState::Healthy, HealthState::Unauthorized),
+        health_change("acc_1", HealthState::RateLimited, HealthState::Healthy),
+        // Short cooldowns are not alerts.
+        health_change("acc_4", HealthState::Healthy, HealthState::Overloaded),
+        relay_action(
+            AdminVerb::AccountTokenRefreshFailed,
+            "account:acc_5",
+            "token refresh for acc_5 failed: invalid_grant",
+        ),
+        tenant_budget("tenant_a", 80),
+        // The same event again.
+        limited.clone(),
+    ];
+    for e in events {
+        app.state.publisher.publish(e);
+    }
+    let sentinel = tenant_budget("tenant_a", 100);
+    app.state.publisher.publish(sentinel.clone());
+    let hits = receiver.wait_for(&sentinel.id.to_string()).await;
+    assert_eq!(
+        receiver.types(),
+        [
+            "account.rate_limited",
+            "account.banned",
+            "account.unauthorized",
+            "account.recovered",
+            "account.token_refresh_failed",
+            "budget.threshold_crossed",
+            "budget.threshold_crossed",
+        ]
+    );
+    for h in &hits {
+        assert_eq!(h.uri, "/hook/s3cr3t-path");
+        assert!(verifies(h, "whsec-test"), "{h:?}");
+        assert!(!verifies(h, "another-secret"));
+        assert_eq!(h.header("x-relay-event"), h.json()["type"]);
+        assert_eq!(h.header("x-relay-delivery"), h.json()["id"]);
+    }
+    let first = hits[0].json();
+    assert_eq!(first["id"], limited.id.to_string());
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["account"], "acc_1");
+    assert_eq!(first["details"]["reason"], "rate_limited");
+    assert!(first["details"]["until"].is_string(), "{first}");
+    assert_eq!(hits[5].json()["details"]["percent"], 80);
+    assert_eq!(hits[5].json()["tenant"], "tenant_a");
+
+    // The log shows each delivery once, delivered.
+    let deliveries = log(&app, &admin, "/api/v1/admin/notifications?limit=100").await;
+    assert_eq!(deliveries.len(), 7, "{deliveries:#?}");
+    assert!(deliveries
+        .iter()
+        .all(|d| d["status"] == "delivered" && d["attempts"] == 1));
+
+    // A test message, signed like the rest, lands in the log too.
+    let (status, test) = app
+        .api(
+            "POST",
+            &format!("/api/v1/notification-targets/{id}/test"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{test}");
+    assert_eq!(test["status"], "delivered");
+    assert_eq!(test["kind"], "test");
+    let last = receiver.hits().pop().unwrap();
+    assert_eq!(last.json()["type"], "test");
+    assert!(verifies(&last, "whsec-test"));
+
+    // Every change is audited, without the secret or the URL path.
+    let (status, _) = app
+        .api(
+            "PATCH",
+            &format!("/api/v1/notification-targets/{id}"),
+            Some(&admin),
+            Some(json!({"secret": "rotated-secret", "events": ["account.*"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .api(
+            "DELETE",
+            &format!("/api/v1/notification-targets/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let audited: Vec<(String, String)> = app
+        .wait_events("four audit events", |ev| {
+            ev.iter()
+                .filter(|e| matches!(&e.event, Event::AdminAction(a) if a.action.starts_with("notification_target.")))
+                .count()
+                == 4
+        })
+        .await
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::AdminAction(a) if a.action.starts_with("notification_target.") => {
+                Some((a.action.clone(), a.summary.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let verbs: Vec<&str> = audited.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(
+        verbs,
+        [
+            "notification_target.create",
+            "notification_target.test",
+            "notification_target.update",
+            "notification_target.delete"
+        ]
+    );
+    for (_, summary) in &audited {
+        assert!(
+            !summary.contains("whsec")
+                && !summary.contains("rotated")
+                && !summary.contains("s3cr3t"),
+            "{summary}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_gets_the_alert_with_backoff_once_it_is_back() {
+    let receiver = Receiver::start().await;
+    receiver.failing.store(true, Ordering::SeqCst);
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook"),
+        &["account.*"],
+        json!({}),
+    )
+    .await;
+    let banned = health_change("acc_1", HealthState::Healthy, HealthState::Banned);
+    app.state.publisher.publish(banned.clone());
+
+    // Retried while the receiver answers 503, the failure logged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pending = loop {
+        let d = log(&app, &admin, "/api/v1/admin/notifications").await;
+        if d.len() == 1 && d[0]["attempts"].as_i64().unwrap() >= 3 {
+            break d[0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no retries: {d:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(pending["status"], "pending", "{pending}");
+    assert_eq!(pending["response_status"], 503);
+    assert!(
+        pending["last_error"].as_str().unwrap().contains("503"),
+        "{pending}"
+    );
+    // Backoff: attempt n+1 waits at least half of 100 ms × 2^(n−1) (jitter ½..1).
+    let hits = receiver.hits();
+    for (n, pair) in hits.windows(2).take(3).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        let least = Duration::from_millis(50 << n);
+        assert!(
+            gap >= least,
+            "gap {n} is {gap:?}, expected at least {least:?}"
+        );
+    }
+
+    receiver.failing.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let d = log(&app, &admin, "/api/v1/admin/notifications").await;
+        if d[0]["status"] == "delivered" {
+            break d[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never delivered: {d:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let hits = receiver.hits();
+    // Every attempt reached the receiver; the last one landed; nothing after it.
+    assert_eq!(hits.len() as i64, done["attempts"].as_i64().unwrap());
+    assert!(hits.iter().all(|h| h.json()["id"] == banned.id.to_string()));
+    assert_eq!(done["response_status"], 200);
+    assert_eq!(done["last_error"], "");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn deliveries_past_the_maximum_age_are_marked_failed() {
+    let receiver = Receiver::start().await;
+    receiver.failing.store(true, Ordering::SeqCst);
+    let mut flags = vec!["--projectors", "on", "--notify-max-age-secs", "0"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook"),
+        &["account.*"],
+        json!({}),
+    )
+    .await;
+    app.state.publisher.publish(health_change(
+        "acc_1",
+        HealthState::Healthy,
+        HealthState::Banned,
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = log(&app, &admin, "/api/v1/admin/notifications").await;
+        if d.len() == 1 && d[0]["status"] == "failed" {
+            assert_eq!(d[0]["attempts"], 1, "{d:#?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not failed: {d:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rebuild_or_a_lost_cursor_sends_nothing_again_and_new_targets_get_no_history() {
+    let receiver = Receiver::start().await;
+    let later = Receiver::start().await;
+    // Projectors off: the test runs them, and rebuilds one, itself.
+    let app = spawn_app(&FAST).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    webhook(&app, &admin, &receiver.url("/hook"), &["*"], json!({})).await;
+    let first = health_change("acc_1", HealthState::Healthy, HealthState::Banned);
+    app.state.publisher.publish(first.clone());
+    project(&app).await;
+    receiver.wait_for(&first.id.to_string()).await;
+
+    // Rebuild the outbox from the log, and lose the notifier's cursor as well.
+    app.events().await;
+    let prices = relay::projectors::price_table(&app.state.common).unwrap();
+    projections::rebuild(
+        &app.state.db,
+        app.state.log.clone(),
+        &projections::all(prices),
+        "notifications",
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM notifier_cursor")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    // A target created now receives nothing that happened before it.
+    webhook(&app, &admin, &later.url("/later"), &["*"], json!({})).await;
+    let sentinel = tenant_budget("tenant_a", 50);
+    app.state.publisher.publish(sentinel.clone());
+    project(&app).await;
+    receiver.wait_for(&sentinel.id.to_string()).await;
+    later.wait_for(&sentinel.id.to_string()).await;
+    assert_eq!(
+        receiver.types(),
+        ["account.banned", "budget.threshold_crossed"]
+    );
+    assert_eq!(later.types(), ["budget.threshold_crossed"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_targets_receive_only_their_own_tenants_alerts_on_sqlite() {
+    tenant_targets_receive_only_their_own_tenants_alerts(None).await;
+}
+
+#[tokio::test]
+async fn tenant_targets_receive_only_their_own_tenants_alerts_on_postgresql() {
+    let db = crate::admin::PgDb::new().await;
+    tenant_targets_receive_only_their_own_tenants_alerts(Some(db.url.clone())).await;
+    db.drop_db().await;
+}
+
+async fn tenant_targets_receive_only_their_own_tenants_alerts(database_url: Option<String>) {
+    let operator = Receiver::start().await;
+    let alices = Receiver::start().await;
+    let bobs = Receiver::start().await;
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app_on(database_url, &flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let (status, u) = app
+            .api(
+                "POST",
+                "/api/v1/admin/users",
+                Some(&admin),
+                Some(json!({"username": name, "email": format!("{name}@example.com"), "password": format!("{name}-password")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{u}");
+        tokens.push(app.login(name, &format!("{name}-password")).await);
+    }
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let (_, bk) = app
+        .api(
+            "POST",
+            "/api/v1/api-keys",
+            Some(bob),
+            Some(json!({"name": "bob-key"})),
+        )
+        .await;
+    let bob_key = bk["api_key"]["id"].as_str().unwrap().to_owned();
+
+    webhook(&app, &admin, &operator.url("/op"), &["*"], json!({})).await;
+    // A user's target is their tenant's, whatever it asks for.
+    let alice_target = webhook(&app, alice, &alices.url("/a"), &["budget.*"], json!({})).await;
+    let bob_target = webhook(&app, bob, &bobs.url("/b"), &["*"], json!({})).await;
+    for (token, body, status) in [
+        // Account health is for the operator only.
+        (
+            alice,
+            json!({"type": "webhook", "url": alices.url("/x"), "secret": "s", "events": ["account.*"]}),
+            400,
+        ),
+        // Another tenant's target cannot be made.
+        (
+            alice,
+            json!({"type": "webhook", "url": alices.url("/x"), "secret": "s", "events": ["*"], "tenant": "bob"}),
+            404,
+        ),
+        // A webhook is always signed.
+        (
+            alice,
+            json!({"type": "webhook", "url": alices.url("/x"), "events": ["*"]}),
+            400,
+        ),
+    ] {
+        let (s, resp) = app
+            .api(
+                "POST",
+                "/api/v1/notification-targets",
+                Some(token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, status, "{resp}");
+    }
+    // Alice sees only her target; bob's reads as not found.
+    let (_, mine) = app
+        .api("GET", "/api/v1/notification-targets", Some(alice), None)
+        .await;
+    assert_eq!(mine["total"], 1, "{mine}");
+    assert_eq!(mine["items"][0]["id"], alice_target);
+    assert_eq!(mine["items"][0]["tenant"], "alice");
+    for method in ["GET", "DELETE"] {
+        let (s, _) = app
+            .api(
+                method,
+                &format!("/api/v1/notification-targets/{bob_target}"),
+                Some(alice),
+                None,
+            )
+            .await;
+        assert_eq!(s, 404);
+    }
+
+    let alice_budget = tenant_budget("alice", 80);
+    // Carries only the key: routed by the key's tenant.
+    let bob_budget = key_budget(&bob_key, 50);
+    let banned = health_change("acc_1", HealthState::Healthy, HealthState::Banned);
+    for e in [alice_budget.clone(), bob_budget.clone(), banned.clone()] {
+        app.state.publisher.publish(e);
+    }
+    let sentinel_a = tenant_budget("alice", 100);
+    let sentinel_b = tenant_budget("bob", 100);
+    app.state.publisher.publish(sentinel_a.clone());
+    app.state.publisher.publish(sentinel_b.clone());
+    operator.wait_for(&sentinel_b.id.to_string()).await;
+    alices.wait_for(&sentinel_a.id.to_string()).await;
+    bobs.wait_for(&sentinel_b.id.to_string()).await;
+    let ids = |r: &Receiver| -> Vec<String> {
+        r.hits()
+            .iter()
+            .map(|h| h.json()["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let s = |e: &Envelope| e.id.to_string();
+    assert_eq!(ids(&alices), [s(&alice_budget), s(&sentinel_a)]);
+    assert_eq!(ids(&bobs), [s(&bob_budget), s(&sentinel_b)]);
+    assert_eq!(
+        ids(&operator),
+        [
+            s(&alice_budget),
+            s(&bob_budget),
+            s(&banned),
+            s(&sentinel_a),
+            s(&sentinel_b)
+        ]
+    );
+    assert_eq!(bobs.hits()[0].json()["tenant"], "bob");
+    assert_eq!(bobs.hits()[0].json()["api_key"], bob_key);
+
+    // Each tenant's delivery log holds its own deliveries only; the operator's log is
+    // for administrators.
+    let mine = log(&app, alice, "/api/v1/notifications?limit=100").await;
+    assert_eq!(mine.len(), 2, "{mine:#?}");
+    assert!(mine
+        .iter()
+        .all(|d| d["tenant"] == "alice" && d["target_id"] == alice_target));
+    let (s403, _) = app
+        .api("GET", "/api/v1/admin/notifications", Some(alice), None)
+        .await;
+    assert_eq!(s403, 403);
+    assert_eq!(
+        log(&app, &admin, "/api/v1/admin/notifications?limit=100")
+            .await
+            .len(),
+        9
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn deliveries_over_a_targets_rate_limit_are_dropped_and_logged() {
+    let receiver = Receiver::start().await;
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook"),
+        &["account.*"],
+        json!({"rate_limit_per_minute": 2}),
+    )
+    .await;
+    for n in 1..=4 {
+        app.state.publisher.publish(health_change(
+            &format!("acc_{n}"),
+            HealthState::Healthy,
+            HealthState::Banned,
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = log(&app, &admin, "/api/v1/admin/notifications?limit=100").await;
+        let count = |s: &str| d.iter().filter(|x| x["status"] == s).count();
+        if count("delivered") == 2 && count("dropped") == 2 {
+            assert!(d
+                .iter()
+                .filter(|x| x["status"] == "dropped")
+                .all(|x| x["last_error"].as_str().unwrap().contains("rate limit")));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{d:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(receiver.hits().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn chat_targets_receive_their_own_message_formats() {
+    let receiver = Receiver::start().await;
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    for body in [
+        json!({"type": "slack", "url": receiver.url("/slack"), "events": ["*"]}),
+        json!({"type": "feishu", "url": receiver.url("/feishu"), "secret": "fs", "events": ["*"]}),
+        json!({"type": "dingtalk", "url": receiver.url("/ding?access_token=t"), "secret": "ds", "events": ["*"]}),
+        json!({"type": "telegram", "url": receiver.url(""), "secret": "123:ABC", "address": "-1001", "events": ["*"]}),
+    ] {
+        let (status, t) = app
+            .api(
+                "POST",
+                "/api/v1/notification-targets",
+                Some(&admin),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{t}");
+        assert!(!t.to_string().contains("123:ABC") && !t.to_string().contains("access_token"));
+    }
+    let e = health_change("acc_1", HealthState::Healthy, HealthState::Banned);
+    app.state.publisher.publish(e);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while receiver.hits().len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:#?}",
+            receiver.hits()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut hits = receiver.hits();
+    hits.sort_by(|a, b| a.uri.cmp(&b.uri));
+    let paths: Vec<String> = hits
+        .iter()
+        .map(|h| h.uri.split('?').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/bot123:ABC/sendMessage", "/ding", "/feishu", "/slack"]
+    );
+    assert_eq!(hits[0].json()["chat_id"], "-1001");
+    assert!(hits[0].json()["text"]
+        .as_str()
+        .unwrap()
+        .contains("acc_1 is banned"));
+    assert!(
+        hits[1].uri.contains("access_token=t&timestamp="),
+        "{}",
+        hits[1].uri
+    );
+    assert!(hits[1].uri.contains("&sign="));
+    assert_eq!(hits[1].json()["msgtype"], "markdown");
+    assert_eq!(hits[2].json()["msg_type"], "text");
+    assert!(hits[2].json()["sign"].is_string());
+    assert!(hits[3].json()["blocks"].is_array());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_429_reaches_the_operator_as_a_rate_limit_alert_with_its_back_at() {
+    let receiver = Receiver::start().await;
+    let mock = bench::mock::MockUpstream::start().await;
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    webhook(
+        &app,
+        &admin,
+        &receiver.url("/hook"),
+        &["account.*"],
+        json!({}),
+    )
+    .await;
+    let a = app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    app.add_account(&mock, Acc::new("b", KEY_B).priority(1))
+        .await;
+    mock.script(KEY_A, [bench::mock::Step::rate_limited(30)]);
+    let r = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let hits = receiver.wait_for("account.rate_limited").await;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    let alert = hits[0].json();
+    assert_eq!(alert["account"], a.as_str());
+    assert_eq!(alert["details"]["upstream_status"], 429);
+    let until = alert["details"]["until"].as_str().unwrap();
+    let back = chrono::DateTime::parse_from_rfc3339(until).unwrap();
+    let wait = back.with_timezone(&Utc) - Utc::now();
+    assert!(
+        wait > chrono::Duration::seconds(20) && wait <= chrono::Duration::seconds(31),
+        "{alert}"
+    );
+    assert!(alert["message"].as_str().unwrap().contains("back at"));
+    assert!(verifies(&hits[0], "whsec-test"));
+    app.stop().await;
+}
+
+/// A tiny SMTP server that accepts every message and keeps what it received.
+struct SmtpSink {
+    addr: std::net::SocketAddr,
+    mails: Arc<Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    async fn start() -> SmtpSink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mails: Arc<Mutex<Vec<String>>> = Arc::default();
+        let kept = mails.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(smtp_session(stream, kept.clone()));
+            }
+        });
+        SmtpSink { addr, mails }
+    }
+}
+
+/// One SMTP session: every command is accepted; `DATA` is kept, envelope included.
+async fn smtp_session(stream: tokio::net::TcpStream, mails: Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut envelope = String::new();
+    w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let cmd = line.trim_end().to_ascii_uppercase();
+        let reply: &[u8] = if cmd.starts_with("EHLO") {
+            b"250-sink\r\n250 8BITMIME\r\n"
+        } else if cmd.starts_with("MAIL") || cmd.starts_with("RCPT") {
+            envelope.push_str(&line);
+            b"250 OK\r\n"
+        } else if cmd == "DATA" {
+            w.write_all(b"354 go on\r\n").await.unwrap();
+            let mut data = envelope.clone();
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).await.unwrap_or(0) == 0 || l == ".\r\n" {
+                    break;
+                }
+                data.push_str(&l);
+            }
+            mails.lock().unwrap().push(data);
+            b"250 queued\r\n"
+        } else if cmd == "QUIT" {
+            let _ = w.write_all(b"221 bye\r\n").await;
+            return;
+        } else {
+            b"250 OK\r\n"
+        };
+        w.write_all(reply).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_email_target_gets_the_alert_over_smtp() {
+    let sink = SmtpSink::start().await;
+    let mut flags = vec!["--projectors", "on"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    let url = format!("smtp://{}?from=alerts@relay.example", sink.addr);
+    let (status, t) = app
+        .api(
+            "POST",
+            "/api/v1/notification-targets",
+            Some(&admin),
+            Some(json!({"type": "email", "url": url, "address": "ops@example.com, oncall@example.com", "events": ["account.*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(t["address"], "ops@example.com,oncall@example.com");
+    let (status, e) = app
+        .api(
+            "POST",
+            "/api/v1/notification-targets",
+            Some(&admin),
+            Some(
+                json!({"type": "email", "url": url, "address": "not an address", "events": ["*"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    let banned = health_change("acc_9", HealthState::Healthy, HealthState::Banned);
+    app.state.publisher.publish(banned.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mail = loop {
+        if let Some(m) = sink.mails.lock().unwrap().first().cloned() {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no mail arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(mail.contains("MAIL FROM:<alerts@relay.example>"), "{mail}");
+    assert!(
+        mail.contains("RCPT TO:<ops@example.com>") && mail.contains("RCPT TO:<oncall@example.com>"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("Subject: [relay critical] Account acc_9 is banned"),
+        "{mail}"
+    );
+    assert!(mail.contains(&banned.id.to_string()), "{mail}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = log(&app, &admin, "/api/v1/admin/notifications").await;
+        if d.len() == 1 && d[0]["status"] == "delivered" {
+            assert_eq!(d[0]["response_status"], 250);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{d:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sink.mails.lock().unwrap().len(), 1);
+    app.stop().await;
+}
