@@ -237,6 +237,12 @@ async function adminFlow(page) {
   step('dashboard chart shows the traffic');
   await shoot(page, 'dashboard');
   await page.screenshot({ path: path.join(SHOTS, 'console.png') });
+  await page.getByLabel('Granularity').selectOption('hour');
+  await page.getByRole('button', { name: 'Show', exact: true }).click();
+  await until('the hourly chart', async () =>
+    (await page.locator('h2', { hasText: 'per hour' }).count()) === 1 && (await page.locator('#usage-chart svg circle').count()) >= 1);
+  check(await page.locator('#rejections').count() === 1, 'the dashboard shows rejections by limit');
+  step('dashboard by the hour, with rejections by limit');
 
   const after = await until('the statement to change', async () => {
     const t = await statementTotal(page, me.tenant);
