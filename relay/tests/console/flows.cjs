@@ -242,6 +242,7 @@ async function adminFlow(page) {
   await until('the hourly chart', async () =>
     (await page.locator('h2', { hasText: 'per hour' }).count()) === 1 && (await page.locator('#usage-chart svg circle').count()) >= 1);
   check(await page.locator('#rejections').count() === 1, 'the dashboard shows rejections by limit');
+  await shoot(page, 'dashboard-hourly', true);
   step('dashboard by the hour, with rejections by limit');
 
   const after = await until('the statement to change', async () => {

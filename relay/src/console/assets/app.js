@@ -219,7 +219,8 @@ function chart(points, label, width) {
   const step = Math.max(1, Math.ceil(points.length / Math.max(2, Math.floor(W / 110))));
   points.forEach((p, i) => {
     const anchor = points.length === 1 ? 'middle' : i === 0 ? 'start' : i === points.length - 1 ? 'end' : 'middle';
-    if (i % step === 0 || i === points.length - 1) g.append(svg('text', { x: x(i), y: H - 12, 'text-anchor': anchor }, p.x));
+    // Every `step`-th label, and the last, unless it would overlap the one before.
+    if ((i % step === 0 && points.length - 1 - i > step / 2) || i === points.length - 1) g.append(svg('text', { x: x(i), y: H - 12, 'text-anchor': anchor }, p.x));
   });
   if (points.length > 1) g.append(svg('polyline', { class: 'series', points: points.map((p, i) => `${x(i)},${y(p.y)}`).join(' ') }));
   points.forEach((p, i) => { if (p.y > 0 || points.length === 1) g.append(svg('circle', { class: 'dot', cx: x(i), cy: y(p.y), r: 3 }, svg('title', {}, `${p.x}: ${p.label}`))); });
