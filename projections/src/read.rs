@@ -599,6 +599,7 @@ pub struct RejectionCount {
 /// by name). Reads the request log, so the range is bounded by its retention; only
 /// refused rows are read (index on `rejected_by, occurred_at_ms`).
 pub async fn rejections(db: &AnyPool, f: &RejectionFilter) -> Result<Vec<RejectionCount>, Error> {
+    // `> ''` rather than `<> ''`: a range the (rejected_by, occurred_at_ms) index serves.
     let mut conds = vec![
         "rejected_by > ''".to_owned(),
         "occurred_at_ms >= $1".to_owned(),
