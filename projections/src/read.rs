@@ -6,7 +6,7 @@
 use crate::money::{nanos_to_usd, usd_to_nanos};
 use crate::pricing::{token_cost_rounded, Tokens, UnitPrices};
 use crate::{runner, Error};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
 use ingest::EventLog;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
 
 // ---------------------------------------------------------------- usage totals
 
@@ -22,6 +23,8 @@ const DAY_MS: i64 = 86_400_000;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
+    /// One row per hour (`YYYY-MM-DDTHH:00`, local time in the display offset).
+    Hour,
     /// One row per day (`YYYY-MM-DD`).
     #[default]
     Day,
@@ -70,9 +73,10 @@ pub struct UsageFilter {
     /// Dimensions kept.
     pub group_by: GroupBy,
     /// Display time zone as a fixed offset from UTC, in minutes (e.g. 120 for UTC+2).
-    /// 0 reads the per-UTC-day totals table; any other offset re-buckets the ledger by
-    /// local day (exact, but scans the ledger rows of the range). Fixed offsets only:
-    /// no IANA zones, so a range spanning a DST change is bucketed with one offset.
+    /// 0 reads the per-UTC-day totals table; any other offset, and hour buckets,
+    /// re-bucket the ledger by local hour or day (exact, but scans the ledger rows of
+    /// the range). Fixed offsets only: no IANA zones, so a range spanning a DST change
+    /// is bucketed with one offset.
     pub tz_offset_minutes: i32,
 }
 
@@ -80,7 +84,7 @@ pub struct UsageFilter {
 /// values (e.g. usage without a tenant).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageRow {
-    /// `YYYY-MM-DD`, `YYYY-MM`, `YYYY` or `total`.
+    /// `YYYY-MM-DDTHH:00`, `YYYY-MM-DD`, `YYYY-MM`, `YYYY` or `total`.
     pub period: String,
     /// Tenant.
     pub tenant: Option<String>,
@@ -119,8 +123,10 @@ fn none_if_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn period_key(period: Period, day: NaiveDate) -> String {
+fn period_key(period: Period, start: NaiveDateTime) -> String {
+    let day = start.date();
     match period {
+        Period::Hour => start.format("%Y-%m-%dT%H:00").to_string(),
         Period::Day => day.format("%Y-%m-%d").to_string(),
         Period::Month => day.format("%Y-%m").to_string(),
         Period::Year => format!("{:04}", day.year()),
@@ -147,9 +153,16 @@ pub async fn usage_totals(db: &AnyPool, f: &UsageFilter) -> Result<Vec<UsageRow>
         dim(g.model, "model")
     );
     let offset_ms = i64::from(f.tz_offset_minutes) * 60_000;
+    // The totals table holds UTC days; anything finer or shifted re-buckets the ledger.
+    let from_ledger = offset_ms != 0 || f.period == Period::Hour;
+    let unit_ms = if f.period == Period::Hour {
+        HOUR_MS
+    } else {
+        DAY_MS
+    };
     let mut args: Vec<String> = Vec::new();
     let mut conds: Vec<String> = Vec::new();
-    let (bucket, from, requests, fallback_col) = if offset_ms == 0 {
+    let (bucket, from, requests, fallback_col) = if !from_ledger {
         conds.push("day >= $1 AND day <= $2".into());
         (
             "day".to_owned(),
@@ -160,7 +173,7 @@ pub async fn usage_totals(db: &AnyPool, f: &UsageFilter) -> Result<Vec<UsageRow>
     } else {
         conds.push("occurred_at_ms >= $1 AND occurred_at_ms < $2".into());
         (
-            format!("CAST((occurred_at_ms + ({offset_ms})) / {DAY_MS} AS BIGINT)"),
+            format!("CAST((occurred_at_ms + ({offset_ms})) / {unit_ms} AS BIGINT)"),
             "usage_ledger",
             "CAST(COUNT(*) AS BIGINT)",
             "priced_by_fallback",
@@ -187,7 +200,7 @@ pub async fn usage_totals(db: &AnyPool, f: &UsageFilter) -> Result<Vec<UsageRow>
         conds.join(" AND ")
     );
     let mut q = sqlx::query(&text);
-    if offset_ms == 0 {
+    if !from_ledger {
         q = q
             .bind(f.from_day.format("%Y-%m-%d").to_string())
             .bind(f.to_day.format("%Y-%m-%d").to_string());
@@ -202,18 +215,19 @@ pub async fn usage_totals(db: &AnyPool, f: &UsageFilter) -> Result<Vec<UsageRow>
     type Key = (String, String, String, String, String);
     let mut out: BTreeMap<Key, [i64; 8]> = BTreeMap::new();
     for row in q.fetch_all(db).await? {
-        let day = if offset_ms == 0 {
+        let start = if !from_ledger {
             let s: String = row.try_get(0)?;
             NaiveDate::parse_from_str(&s, "%Y-%m-%d")
                 .map_err(|e| Error::Corrupt(format!("bad day {s:?}: {e}")))?
+                .and_time(chrono::NaiveTime::MIN)
         } else {
             let n: i64 = row.try_get(0)?;
-            DateTime::from_timestamp_millis(n * DAY_MS)
-                .map(|t| t.date_naive())
-                .ok_or_else(|| Error::Corrupt(format!("bad day number {n}")))?
+            DateTime::from_timestamp_millis(n * unit_ms)
+                .map(|t| t.naive_utc())
+                .ok_or_else(|| Error::Corrupt(format!("bad bucket number {n}")))?
         };
         let key = (
-            period_key(f.period, day),
+            period_key(f.period, start),
             row.try_get::<String, _>(1)?,
             row.try_get::<String, _>(2)?,
             row.try_get::<String, _>(3)?,
@@ -357,6 +371,8 @@ pub struct RequestLogFilter {
     pub outcome: Option<String>,
     /// Only this request id.
     pub request_id: Option<String>,
+    /// Only requests this limit refused (`rpm`, `daily_budget_usd`, …).
+    pub rejected_by: Option<String>,
     /// Occurred at or after (epoch ms).
     pub from_ms: Option<i64>,
     /// Occurred before (epoch ms).
@@ -406,6 +422,9 @@ pub struct RequestLogEntry {
     pub error_type: String,
     /// Upstream request id.
     pub upstream_request_id: String,
+    /// The tenant limit that refused the request (`rpm`, `max_concurrency`,
+    /// `daily_budget_usd`, …); empty when none did.
+    pub rejected_by: String,
     /// Usage events recorded for this request id (all attempts).
     pub usage_events: u64,
     /// Uncached input tokens, all attempts.
@@ -437,6 +456,7 @@ pub async fn request_log(
         (&filter.model, "model"),
         (&filter.outcome, "outcome"),
         (&filter.request_id, "request_id"),
+        (&filter.rejected_by, "rejected_by"),
     ] {
         if let Some(v) = value {
             n += 1;
@@ -497,6 +517,7 @@ pub async fn request_log(
             routing_reason: r.try_get("routing_reason")?,
             error_type: r.try_get("error_type")?,
             upstream_request_id: r.try_get("upstream_request_id")?,
+            rejected_by: r.try_get("rejected_by")?,
             usage_events: 0,
             input_tokens: 0,
             output_tokens: 0,
@@ -547,6 +568,71 @@ pub async fn request_log(
             e.cost = nanos_to_usd(s[5]);
         }
     }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- rejections
+
+/// What [`rejections`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct RejectionFilter {
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Only this API key.
+    pub api_key: Option<String>,
+    /// Occurred at or after (epoch ms).
+    pub from_ms: i64,
+    /// Occurred before (epoch ms).
+    pub to_ms: i64,
+}
+
+/// How many requests one limit refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectionCount {
+    /// The limit (`rpm`, `max_concurrency`, `daily_budget_usd`, …).
+    pub rejected_by: String,
+    /// Requests it refused in the range.
+    pub requests: u64,
+}
+
+/// Requests refused by a tenant limit in a range, counted per limit, most first (then
+/// by name). Reads the request log, so the range is bounded by its retention; only
+/// refused rows are read (index on `rejected_by, occurred_at_ms`).
+pub async fn rejections(db: &AnyPool, f: &RejectionFilter) -> Result<Vec<RejectionCount>, Error> {
+    // `> ''` rather than `<> ''`: a range the (rejected_by, occurred_at_ms) index serves.
+    let mut conds = vec![
+        "rejected_by > ''".to_owned(),
+        "occurred_at_ms >= $1".to_owned(),
+        "occurred_at_ms < $2".to_owned(),
+    ];
+    let mut texts = Vec::new();
+    for (value, col) in [(&f.tenant, "tenant"), (&f.api_key, "api_key")] {
+        if let Some(v) = value {
+            texts.push(v.clone());
+            conds.push(format!("{col} = ${}", texts.len() + 2));
+        }
+    }
+    let text = format!(
+        "SELECT rejected_by, CAST(COUNT(*) AS BIGINT) FROM request_log WHERE {} \
+         GROUP BY rejected_by",
+        conds.join(" AND ")
+    );
+    let mut q = sqlx::query(&text).bind(f.from_ms).bind(f.to_ms);
+    for t in texts {
+        q = q.bind(t);
+    }
+    let mut out = Vec::new();
+    for r in q.fetch_all(db).await? {
+        out.push(RejectionCount {
+            rejected_by: r.try_get(0)?,
+            requests: u(r.try_get(1)?),
+        });
+    }
+    out.sort_by(|a, b| {
+        b.requests
+            .cmp(&a.requests)
+            .then_with(|| a.rejected_by.cmp(&b.rejected_by))
+    });
     Ok(out)
 }
 

@@ -1,5 +1,5 @@
 //! Projection `requests`: the request log, metadata only (no prompts, no answers), one
-//! row per `request.finished` event id. Token counts and cost are not copied here:
+//! row per `request.finished` event id, with the limit that refused it if one did. Token counts and cost are not copied here:
 //! [`crate::read::request_log`] joins the usage ledger by request id at read time, which
 //! is order-independent (usage may be recorded before or after the request finishes).
 //!
@@ -26,7 +26,7 @@ impl RequestsProjection {
 
 pub(crate) const REQUEST_COLUMNS: &str = "event_id, position, occurred_at_ms, day, request_id, \
     tenant, api_key, account, model, endpoint, status, outcome, stream, latency_us, ttfb_us, \
-    upstream_us, attempts, routing_reason, error_type, upstream_request_id";
+    upstream_us, attempts, routing_reason, error_type, upstream_request_id, rejected_by";
 
 /// Deletes request-log rows that occurred before `older_than_ms` (epoch ms); returns
 /// how many were deleted. Not part of the projection: the caller supplies the clock.
@@ -69,11 +69,11 @@ impl Projection for RequestsProjection {
             }
         }
         let params = sql::Params::of(tx);
-        for chunk in rows.chunks(params.rows_per_statement(20)) {
+        for chunk in rows.chunks(params.rows_per_statement(21)) {
             let text = format!(
                 "INSERT INTO request_log ({REQUEST_COLUMNS}) VALUES {} \
                  ON CONFLICT (event_id) DO NOTHING",
-                params.values(chunk.len(), 20)
+                params.values(chunk.len(), 21)
             );
             let mut q = sqlx::query(&text);
             for (e, env, r) in chunk {
@@ -107,7 +107,8 @@ impl Projection for RequestsProjection {
                             .unwrap_or_default(),
                     )
                     .bind(r.error_type.clone().unwrap_or_default())
-                    .bind(r.upstream_request_id.clone().unwrap_or_default());
+                    .bind(r.upstream_request_id.clone().unwrap_or_default())
+                    .bind(r.rejected_by.clone().unwrap_or_default());
             }
             q.execute(&mut *tx).await?;
         }

@@ -55,6 +55,8 @@ both!(
     audit_log_keeps_admin_actions_and_auth_failures,
     totals_roll_up_and_shift_by_display_offset,
     outbox_holds_one_row_per_notable_event,
+    hours_are_buckets_of_the_display_offset,
+    request_log_names_the_limit_that_refused_and_counts_per_limit,
 );
 
 async fn the_final_usage_is_priced_with_all_five_token_kinds(db: &TestDb) {
@@ -762,4 +764,186 @@ async fn outbox_holds_one_row_per_notable_event(db: &TestDb) {
             ),
         ]
     );
+}
+
+async fn hours_are_buckets_of_the_display_offset(db: &TestDb) {
+    let log = MemLog::new();
+    let t =
+        |d, h, m| chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, d, h, m, 0).unwrap();
+    log.push_all(&[
+        usage(&UsageSpec {
+            at: t(2, 8, 5),
+            ..Default::default()
+        }),
+        usage(&UsageSpec {
+            at: t(2, 8, 55),
+            key: "key_b",
+            ..Default::default()
+        }),
+        usage(&UsageSpec {
+            at: t(2, 9, 0),
+            ..Default::default()
+        }),
+        // 23:30 UTC on the 2nd: the 3rd at UTC+1, outside a one-day UTC range.
+        usage(&UsageSpec {
+            at: t(2, 23, 30),
+            ..Default::default()
+        }),
+    ]);
+    catch_up(&db.pool, log).await;
+    let mut f = nov();
+    f.from_day = NaiveDate::from_ymd_opt(2026, 11, 2).unwrap();
+    f.to_day = f.from_day;
+    f.period = Period::Hour;
+    let hours = |rows: Vec<read::UsageRow>| -> Vec<(String, u64)> {
+        rows.into_iter().map(|r| (r.period, r.requests)).collect()
+    };
+    assert_eq!(
+        hours(read::usage_totals(&db.pool, &f).await.unwrap()),
+        vec![
+            ("2026-11-02T08:00".into(), 2),
+            ("2026-11-02T09:00".into(), 1),
+            ("2026-11-02T23:00".into(), 1)
+        ]
+    );
+    // At UTC+5:30 hours are local: 08:05 UTC is 13:35, 08:55 UTC is 14:25; the range
+    // is the local day, which 23:30 UTC (05:00 on the 3rd) has left.
+    f.tz_offset_minutes = 330;
+    assert_eq!(
+        hours(read::usage_totals(&db.pool, &f).await.unwrap()),
+        vec![
+            ("2026-11-02T13:00".into(), 1),
+            ("2026-11-02T14:00".into(), 2)
+        ]
+    );
+    // Grouping and filters work per hour as per day.
+    f.tz_offset_minutes = 0;
+    f.group_by = GroupBy {
+        api_key: true,
+        ..Default::default()
+    };
+    f.api_key = Some("key_b".into());
+    let only_b: Vec<_> = read::usage_totals(&db.pool, &f)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.period, r.api_key.unwrap_or_default(), r.requests))
+        .collect();
+    assert_eq!(only_b, vec![("2026-11-02T08:00".into(), "key_b".into(), 1)]);
+    // The hours of a day add up to the day read from the totals table.
+    f.api_key = None;
+    f.group_by = GroupBy::default();
+    let hourly = read::usage_totals(&db.pool, &f).await.unwrap();
+    f.period = Period::Day;
+    let daily = read::usage_totals(&db.pool, &f).await.unwrap();
+    assert_eq!(daily.len(), 1);
+    assert_eq!(
+        hourly.iter().map(|r| r.cost_nanos).sum::<i64>(),
+        daily[0].cost_nanos
+    );
+    assert_eq!(
+        hourly.iter().map(|r| r.requests).sum::<u64>(),
+        daily[0].requests
+    );
+}
+
+fn refused(
+    request: &str,
+    tenant: &str,
+    limit: Option<&str>,
+    when: chrono::DateTime<chrono::Utc>,
+) -> schema::Envelope {
+    let mut e = finished(request, "acc_1", Outcome::Rejected, when).with_key(
+        Some(schema::TenantId::parse(tenant).unwrap()),
+        Some(schema::ApiKeyId::parse("key_a").unwrap()),
+    );
+    if let schema::Event::RequestFinished(r) = &mut e.event {
+        r.status = 429;
+        r.attempts = 0;
+        r.routing = None;
+        r.error_type = Some("rate_limit_error".into());
+        r.rejected_by = limit.map(str::to_owned);
+    }
+    e
+}
+
+async fn request_log_names_the_limit_that_refused_and_counts_per_limit(db: &TestDb) {
+    let log = MemLog::new();
+    let rpm = refused("req_1", "acme", Some("rpm"), at(2026, 11, 3, 12));
+    log.push_all(&[
+        rpm.clone(),
+        refused("req_2", "acme", Some("rpm"), at(2026, 11, 3, 13)),
+        refused(
+            "req_3",
+            "acme",
+            Some("daily_budget_usd"),
+            at(2026, 11, 3, 14),
+        ),
+        refused("req_4", "other", Some("rpm"), at(2026, 11, 3, 14)),
+        // Outside the range read below.
+        refused("req_5", "acme", Some("max_concurrency"), at(2026, 11, 5, 0)),
+        // Rejected, but not by a tenant limit.
+        refused("req_6", "acme", None, at(2026, 11, 3, 15)),
+        finished("req_7", "acc_1", Outcome::Completed, at(2026, 11, 3, 16)),
+        // A duplicate at a new position counts once.
+        rpm.clone(),
+    ]);
+    catch_up(&db.pool, log).await;
+    let entry = read::request_log(
+        &db.pool,
+        &read::RequestLogFilter {
+            request_id: Some("req_1".into()),
+            ..Default::default()
+        },
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(entry.len(), 1);
+    assert_eq!(entry[0].rejected_by, "rpm");
+    assert_eq!(entry[0].outcome, "rejected");
+    let by_rpm = read::request_log(
+        &db.pool,
+        &read::RequestLogFilter {
+            tenant: Some("acme".into()),
+            rejected_by: Some("rpm".into()),
+            ..Default::default()
+        },
+        10,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<_> = by_rpm.iter().map(|e| e.request_id.as_str()).collect();
+    assert_eq!(ids, vec!["req_2", "req_1"]);
+    let unlimited = read::request_log(
+        &db.pool,
+        &read::RequestLogFilter {
+            request_id: Some("req_6".into()),
+            ..Default::default()
+        },
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(unlimited[0].rejected_by, "");
+    let mut f = read::RejectionFilter {
+        tenant: None,
+        api_key: None,
+        from_ms: at(2026, 11, 3, 0).timestamp_millis(),
+        to_ms: at(2026, 11, 4, 0).timestamp_millis(),
+    };
+    let counts = |v: Vec<read::RejectionCount>| -> Vec<(String, u64)> {
+        v.into_iter().map(|c| (c.rejected_by, c.requests)).collect()
+    };
+    assert_eq!(
+        counts(read::rejections(&db.pool, &f).await.unwrap()),
+        vec![("rpm".into(), 3), ("daily_budget_usd".into(), 1)]
+    );
+    f.tenant = Some("acme".into());
+    assert_eq!(
+        counts(read::rejections(&db.pool, &f).await.unwrap()),
+        vec![("rpm".into(), 2), ("daily_budget_usd".into(), 1)]
+    );
+    f.tenant = Some("nobody".into());
+    assert!(read::rejections(&db.pool, &f).await.unwrap().is_empty());
 }

@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         title = "relay admin API",
         version = "1",
         description = "Accounts, groups, keys, users and tenants of the relay, and its read \
-            side (usage, statements, request and audit logs). Errors are \
+            side (usage, rejections by limit, statements, request and audit logs). Errors are \
             `{\"error\": \"…\", \"code\": 40001}`; the HTTP status is the code divided by 100."
     ),
     paths(
@@ -58,6 +58,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         routes::update_tenant,
         routes::key_limits,
         routes::usage,
+        routes::rejections,
         routes::statement,
         routes::logs,
         routes::audit,
@@ -91,7 +92,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "groups", description = "Account groups: read by all, changed by administrators"),
         (name = "keys", description = "Relay API keys: a user's own, or any for administrators"),
         (name = "users", description = "Users and tenants (administrators)"),
-        (name = "reads", description = "Usage, statements, request log, audit log"),
+        (name = "reads", description = "Usage, rejections by limit, statements, request log, audit log"),
         (name = "notifications", description = "Alert targets (webhook, Slack, Feishu, DingTalk, Telegram) and the delivery log"),
         (name = "ops", description = "Service status and this document"),
     )

@@ -11,7 +11,7 @@ use crate::identity::{Role, Tenant, User};
 use crate::keys::ApiKey;
 use crate::services::accounts::{AccountView, CreateAccount, PlatformType, UpdateAccount};
 use crate::services::keys::CreateKey;
-use crate::services::reads::{UsageAnswer, UsageQuery};
+use crate::services::reads::{RejectionQuery, RejectionsAnswer, UsageAnswer, UsageQuery};
 use crate::services::users::{CreateUser, UserChange};
 use crate::services::{Page, PageReq};
 use axum::extract::State;
@@ -67,6 +67,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/api-keys/{id}/limits", get(key_limits))
         .route("/api/v1/usage", get(usage))
+        .route("/api/v1/usage/rejections", get(rejections))
         .route("/api/v1/statements", get(statement))
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/admin/audit", get(audit))
@@ -1118,9 +1119,10 @@ pub(super) async fn key_limits(
 pub(super) struct UsageParams {
     /// First day `YYYY-MM-DD` (default: 29 days before `to`).
     from: Option<String>,
-    /// Last day `YYYY-MM-DD` (default: today).
+    /// Last day `YYYY-MM-DD` (default: today in `tz`).
     to: Option<String>,
-    /// `day` (default), `month`, `year` or `total`.
+    /// `hour` (a range of at most 31 days), `day` (default), `month`, `year` or
+    /// `total`; hours and days are those of `tz`.
     granularity: Option<String>,
     /// Comma list of `tenant`, `key`, `account`, `model`.
     group_by: Option<String>,
@@ -1165,6 +1167,50 @@ pub(super) async fn usage(
         model: q.model,
     };
     Ok(Json(s.services.usage(&a, q).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RejectionParams {
+    /// First day `YYYY-MM-DD` (default: 29 days before `to`).
+    from: Option<String>,
+    /// Last day `YYYY-MM-DD` (default: today in `tz`).
+    to: Option<String>,
+    /// `UTC` (default), an offset (`+08:00`) or an IANA zone: the days are its days.
+    tz: Option<String>,
+    /// Only this tenant (a user: only their own).
+    tenant: Option<String>,
+    /// Only this key.
+    api_key: Option<String>,
+}
+
+/// Requests refused by a tenant limit (`rpm`, `max_concurrency`, a budget, …), counted
+/// per limit over whole days. Read from the request log, so within its retention.
+#[utoipa::path(
+    get, path = "/api/v1/usage/rejections", tag = "reads",
+    params(RejectionParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rejections per limit, most first", body = RejectionsAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn rejections(
+    State(s): State<AppState>,
+    Auth(a): Auth,
+    Query(q): Query<RejectionParams>,
+) -> Res<RejectionsAnswer> {
+    let q = RejectionQuery {
+        from: q.from,
+        to: q.to,
+        tz: q.tz,
+        tenant: q.tenant,
+        api_key: q.api_key,
+    };
+    Ok(Json(s.services.rejections(&a, q).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -1239,6 +1285,8 @@ pub(super) struct LogParams {
     outcome: Option<String>,
     /// Only this request id.
     request_id: Option<String>,
+    /// Only requests this limit refused (`rpm`, `daily_budget_usd`, …).
+    rejected_by: Option<String>,
     /// Finished at or after (RFC 3339).
     from: Option<DateTime<Utc>>,
     /// Finished before (RFC 3339).
@@ -1296,6 +1344,7 @@ pub(super) async fn logs(
         model: short(q.model)?,
         outcome: short(q.outcome)?,
         request_id: short(q.request_id)?,
+        rejected_by: short(q.rejected_by)?,
         from_ms: q.from.map(|t| t.timestamp_millis()),
         to_ms: q.to.map(|t| t.timestamp_millis()),
         before_position: q.before_position,

@@ -1,11 +1,12 @@
-//! The read side over HTTP: usage, statements, the request log, the audit log and the
-//! service status, all from the projections. A `user` reads only their own tenant.
+//! The read side over HTTP: usage, rejections by limit, statements, the request log,
+//! the audit log and the service status, all from the projections. A `user` reads only
+//! their own tenant.
 
 use super::{Actor, ServiceError, Services};
 use chrono::{NaiveDate, Offset, TimeZone, Utc};
 use projections::read::{
-    self, AuditEntry, AuditFilter, GroupBy, Period, RequestLogEntry, RequestLogFilter, Statement,
-    UsageFilter, UsageRow,
+    self, AuditEntry, AuditFilter, GroupBy, Period, RejectionCount, RejectionFilter,
+    RequestLogEntry, RequestLogFilter, Statement, UsageFilter, UsageRow,
 };
 use serde::Serialize;
 
@@ -16,7 +17,7 @@ pub struct UsageQuery {
     pub from: Option<String>,
     /// Last day `YYYY-MM-DD` (default: today in `tz`).
     pub to: Option<String>,
-    /// `day`, `month`, `year` or `total`.
+    /// `hour`, `day`, `month`, `year` or `total`.
     pub granularity: Option<String>,
     /// Comma list of `tenant`, `key`, `account`, `model`.
     pub group_by: Option<String>,
@@ -47,6 +48,89 @@ pub struct UsageAnswer {
     /// Rows.
     #[schema(value_type = Vec<super::schemas::UsageRow>)]
     pub items: Vec<UsageRow>,
+}
+
+/// Query of `GET /api/v1/usage/rejections`, as typed.
+#[derive(Debug, Clone, Default)]
+pub struct RejectionQuery {
+    /// First day `YYYY-MM-DD` (default: 29 days before `to`).
+    pub from: Option<String>,
+    /// Last day `YYYY-MM-DD` (default: today in `tz`).
+    pub to: Option<String>,
+    /// `UTC`, an offset (`+08:00`) or an IANA zone (its offset at `from`).
+    pub tz: Option<String>,
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Only this key.
+    pub api_key: Option<String>,
+}
+
+/// Answer of `GET /api/v1/usage/rejections`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RejectionsAnswer {
+    /// First day.
+    pub from: NaiveDate,
+    /// Last day.
+    pub to: NaiveDate,
+    /// Display offset in minutes east of UTC.
+    pub tz_offset_minutes: i32,
+    /// Requests refused by any limit.
+    pub total: u64,
+    /// Per limit, most first.
+    #[schema(value_type = Vec<super::schemas::RejectionCount>)]
+    pub items: Vec<RejectionCount>,
+}
+
+/// A range of whole days in a display zone, parsed from a query.
+struct DayRange {
+    from: NaiveDate,
+    to: NaiveDate,
+    tz_offset_minutes: i32,
+}
+
+impl DayRange {
+    /// `from` defaults to 29 days before `to`, `to` to today in `tz`.
+    fn parse(
+        from: Option<&str>,
+        to: Option<&str>,
+        tz: Option<&str>,
+    ) -> Result<DayRange, ServiceError> {
+        let tz = tz.unwrap_or("UTC");
+        let now = Utc::now();
+        let to = match to {
+            Some(s) => day("to", s)?,
+            None => {
+                let offset = tz_offset(tz, now.date_naive())?;
+                (now + chrono::Duration::minutes(i64::from(offset))).date_naive()
+            }
+        };
+        let from = from
+            .map(|s| day("from", s))
+            .transpose()?
+            .unwrap_or_else(|| to - chrono::Duration::days(29));
+        if from > to {
+            return Err(bad("from must not be after to"));
+        }
+        if (to - from).num_days() > 3660 {
+            return Err(bad("the range must be at most ten years"));
+        }
+        let tz_offset_minutes = tz_offset(tz, from)?;
+        Ok(DayRange {
+            from,
+            to,
+            tz_offset_minutes,
+        })
+    }
+
+    /// The range as epoch milliseconds, end exclusive.
+    fn millis(&self) -> (i64, i64) {
+        let start = |d: NaiveDate| d.and_time(chrono::NaiveTime::MIN).and_utc();
+        let offset = i64::from(self.tz_offset_minutes) * 60_000;
+        (
+            start(self.from).timestamp_millis() - offset,
+            start(self.to + chrono::Duration::days(1)).timestamp_millis() - offset,
+        )
+    }
 }
 
 fn bad(m: impl Into<String>) -> ServiceError {
@@ -107,31 +191,22 @@ impl Services {
     /// Usage totals.
     pub async fn usage(&self, actor: &Actor, q: UsageQuery) -> Result<UsageAnswer, ServiceError> {
         let tenant = self.read_scope(actor, q.tenant)?;
-        let today = Utc::now().date_naive();
-        let to =
-            q.to.as_deref()
-                .map(|s| day("to", s))
-                .transpose()?
-                .unwrap_or(today);
-        let from = q
-            .from
-            .as_deref()
-            .map(|s| day("from", s))
-            .transpose()?
-            .unwrap_or_else(|| to - chrono::Duration::days(29));
-        if from > to {
-            return Err(bad("from must not be after to"));
-        }
-        if (to - from).num_days() > 3660 {
-            return Err(bad("the range must be at most ten years"));
-        }
+        let DayRange {
+            from,
+            to,
+            tz_offset_minutes,
+        } = DayRange::parse(q.from.as_deref(), q.to.as_deref(), q.tz.as_deref())?;
         let period = match q.granularity.as_deref().unwrap_or("day") {
+            "hour" => Period::Hour,
             "day" => Period::Day,
             "month" => Period::Month,
             "year" => Period::Year,
             "total" => Period::Total,
-            _ => return Err(bad("granularity must be day, month, year or total")),
+            _ => return Err(bad("granularity must be hour, day, month, year or total")),
         };
+        if period == Period::Hour && (to - from).num_days() > 30 {
+            return Err(bad("hour granularity takes a range of at most 31 days"));
+        }
         let mut group_by = GroupBy::default();
         for g in q
             .group_by
@@ -149,7 +224,6 @@ impl Services {
                 _ => return Err(bad("group_by takes tenant, key, account and model")),
             }
         }
-        let tz_offset_minutes = tz_offset(q.tz.as_deref().unwrap_or("UTC"), from)?;
         for (what, v) in [
             ("api_key", &q.api_key),
             ("account", &q.account),
@@ -176,6 +250,34 @@ impl Services {
             to,
             granularity: period,
             tz_offset_minutes,
+            items,
+        })
+    }
+
+    /// Requests refused by a tenant limit, counted per limit, over whole days.
+    pub async fn rejections(
+        &self,
+        actor: &Actor,
+        q: RejectionQuery,
+    ) -> Result<RejectionsAnswer, ServiceError> {
+        let tenant = self.read_scope(actor, q.tenant)?;
+        if q.api_key.as_ref().is_some_and(|v| v.len() > 256) {
+            return Err(bad("api_key is too long"));
+        }
+        let range = DayRange::parse(q.from.as_deref(), q.to.as_deref(), q.tz.as_deref())?;
+        let (from_ms, to_ms) = range.millis();
+        let filter = RejectionFilter {
+            tenant,
+            api_key: q.api_key,
+            from_ms,
+            to_ms,
+        };
+        let items = read::rejections(&self.db, &filter).await?;
+        Ok(RejectionsAnswer {
+            from: range.from,
+            to: range.to,
+            tz_offset_minutes: range.tz_offset_minutes,
+            total: items.iter().map(|c| c.requests).sum(),
             items,
         })
     }
@@ -237,5 +339,19 @@ mod tests {
         assert_eq!(tz_offset("Europe/Berlin", summer).unwrap(), 120);
         assert!(tz_offset("Mars/Olympus", winter).is_err());
         assert!(tz_offset("+25:00", winter).is_err());
+    }
+
+    #[test]
+    fn a_day_range_covers_whole_local_days() {
+        let r = DayRange::parse(Some("2026-11-02"), Some("2026-11-03"), Some("+02:00")).unwrap();
+        let (from, to) = r.millis();
+        let utc = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        assert_eq!(from, utc("2026-11-01T22:00:00Z"));
+        assert_eq!(to, utc("2026-11-03T22:00:00Z"));
+        assert!(DayRange::parse(Some("2026-11-04"), Some("2026-11-03"), None).is_err());
     }
 }

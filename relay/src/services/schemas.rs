@@ -11,6 +11,8 @@ use utoipa::ToSchema;
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]
 pub enum Period {
+    /// One row per hour (`YYYY-MM-DDTHH:00`, local time in the display offset).
+    Hour,
     /// One row per day (`YYYY-MM-DD`).
     Day,
     /// One row per month (`YYYY-MM`).
@@ -25,7 +27,7 @@ pub enum Period {
 /// values (e.g. usage without a tenant).
 #[derive(ToSchema)]
 pub struct UsageRow {
-    /// `YYYY-MM-DD`, `YYYY-MM`, `YYYY` or `total`.
+    /// `YYYY-MM-DDTHH:00`, `YYYY-MM-DD`, `YYYY-MM`, `YYYY` or `total`.
     pub period: String,
     /// Tenant.
     pub tenant: Option<String>,
@@ -55,6 +57,15 @@ pub struct UsageRow {
     /// Usage events priced by the unknown-model fallback (non-zero means the cost
     /// rests on a guess).
     pub fallback_requests: u64,
+}
+
+/// How many requests one limit refused.
+#[derive(ToSchema)]
+pub struct RejectionCount {
+    /// The limit (`rpm`, `max_concurrency`, `daily_budget_usd`, …).
+    pub rejected_by: String,
+    /// Requests it refused in the range.
+    pub requests: u64,
 }
 
 /// One request, metadata only, with its usage summed from the ledger.
@@ -98,6 +109,9 @@ pub struct RequestLogEntry {
     pub error_type: String,
     /// Upstream request id.
     pub upstream_request_id: String,
+    /// The tenant limit that refused the request (`rpm`, `max_concurrency`,
+    /// `daily_budget_usd`, …); empty when none did.
+    pub rejected_by: String,
     /// Usage events recorded for this request id (all attempts).
     pub usage_events: u64,
     /// Uncached input tokens, all attempts.

@@ -10,6 +10,23 @@ use sqlx::Connection;
 const SECRET: &str = "sk-ant-api03-walkthrough-upstream-secret";
 const PROXY_PASSWORD: &str = "proxy-pw-canary-7731";
 
+/// Polls `GET path` until `pred` holds on its 200 answer (10 s deadline).
+async fn wait_get(app: &TestApp, token: &str, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = app.api("GET", path, Some(token), None).await;
+        assert_eq!(status, 200, "{body}");
+        if pred(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET {path} never matched: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Polls the usage API until `pred` holds on its rows (10 s deadline).
 async fn wait_usage(
     app: &TestApp,
@@ -17,22 +34,11 @@ async fn wait_usage(
     query: &str,
     pred: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = app
-            .api("GET", &format!("/api/v1/usage?{query}"), Some(token), None)
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let items = body["items"].as_array().cloned().unwrap_or_default();
-        if pred(&items) {
-            return items;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "usage never appeared: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let body = wait_get(app, token, &format!("/api/v1/usage?{query}"), |b| {
+        pred(b["items"].as_array().map(Vec::as_slice).unwrap_or_default())
+    })
+    .await;
+    body["items"].as_array().cloned().unwrap_or_default()
 }
 
 /// The seed README's walk-through, on the given database.
@@ -117,6 +123,27 @@ async fn walkthrough(database_url: Option<String>) {
         )
         .await;
     conforms(&doc, "GET", "/api/v1/usage", status, &usage);
+    // By the hour, in the display zone: the request is in this hour of UTC+05:30.
+    let (status, hourly) = app
+        .api(
+            "GET",
+            "/api/v1/usage?granularity=hour&tz=%2B05:30",
+            Some(&admin),
+            None,
+        )
+        .await;
+    conforms(&doc, "GET", "/api/v1/usage", status, &hourly);
+    assert_eq!(hourly["granularity"], "hour", "{hourly}");
+    let local = |ago: i64| {
+        (chrono::Utc::now() + chrono::Duration::minutes(330 - ago))
+            .format("%Y-%m-%dT%H:00")
+            .to_string()
+    };
+    let period = hourly["items"][0]["period"].as_str().unwrap_or_default();
+    assert!(
+        (local(60).as_str()..=local(0).as_str()).contains(&period),
+        "{hourly}"
+    );
     assert_eq!(rows[0]["tenant"], tenant.as_str());
     assert_eq!(rows[0]["api_key"], key_id.as_str());
     assert_eq!(rows[0]["account"], acc["id"]);
@@ -245,7 +272,12 @@ struct Two {
 }
 
 async fn two_tenants() -> Two {
-    let app = spawn_app(&[]).await;
+    two_tenants_with(&[]).await
+}
+
+/// [`two_tenants`] on a relay started with `flags`.
+async fn two_tenants_with(flags: &[&str]) -> Two {
+    let app = spawn_app(flags).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
     let mut ids = Vec::new();
     for name in ["alice", "bob"] {
@@ -410,6 +442,7 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ),
         ("GET", "/api/v1/api-keys/{id}/limits", None),
         ("GET", "/api/v1/usage?tenant={tenant}", None),
+        ("GET", "/api/v1/usage/rejections?tenant={tenant}", None),
         ("GET", "/api/v1/statements?tenant={tenant}", None),
         ("GET", "/api/v1/logs?tenant={tenant}", None),
         ("GET", "/api/v1/admin/audit", None),
@@ -662,6 +695,79 @@ async fn every_openapi_operation_is_routed_and_in_the_route_table() {
 }
 
 #[tokio::test]
+async fn rejections_are_logged_and_counted_per_limit_within_the_tenant() {
+    let t = two_tenants_with(&["--projectors", "on"]).await;
+    let app = &t.app;
+    let doc = openapi(app).await;
+    let mock = MockUpstream::start().await;
+    app.add_account(&mock, Acc::new("pool", KEY_A)).await;
+    let (status, patched) = app
+        .api(
+            "PATCH",
+            &format!("/api/v1/api-keys/{}", t.bob_key_id),
+            Some(&t.admin),
+            Some(json!({"rpm": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    let first = app.messages_as(&t.bob_key, &body(false)).send().await;
+    assert_eq!(first.unwrap().status(), 200);
+    let second = app.messages_as(&t.bob_key, &body(false)).send().await;
+    assert_eq!(second.unwrap().status(), 429);
+
+    // Bob sees his rejection counted under its limit, and logged with it.
+    let path = "/api/v1/usage/rejections";
+    let mine = wait_get(app, &t.bob, path, |b| b["total"] == 1).await;
+    conforms(&doc, "GET", path, 200, &mine);
+    assert_eq!(
+        mine["items"],
+        json!([{"rejected_by": "rpm", "requests": 1}]),
+        "{mine}"
+    );
+    let (status, logs) = app
+        .api("GET", "/api/v1/logs?rejected_by=rpm", Some(&t.bob), None)
+        .await;
+    assert_eq!(status, 200, "{logs}");
+    conforms(&doc, "GET", "/api/v1/logs", status, &logs);
+    let refused = logs["items"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{logs}");
+    assert_eq!(refused[0]["rejected_by"], "rpm");
+    assert_eq!(refused[0]["outcome"], "rejected");
+    assert_eq!(refused[0]["status"], 429);
+    let (_, all) = app.api("GET", "/api/v1/logs", Some(&t.bob), None).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2, "{all}");
+    // An administrator sees it for bob's tenant and in all tenants.
+    for query in ["?tenant=bob", ""] {
+        let (status, seen) = app
+            .api("GET", &format!("{path}{query}"), Some(&t.admin), None)
+            .await;
+        assert_eq!((status, &seen["total"]), (200, &json!(1)), "{seen}");
+    }
+    // Alice sees none of it and cannot name bob's tenant.
+    let (status, hers) = app.api("GET", path, Some(&t.alice), None).await;
+    assert_eq!(status, 200, "{hers}");
+    assert_eq!((&hers["total"], &hers["items"]), (&json!(0), &json!([])));
+    let (status, err) = app
+        .api("GET", &format!("{path}?tenant=bob"), Some(&t.alice), None)
+        .await;
+    assert_eq!(status, 404, "{err}");
+    let (_, logs) = app
+        .api("GET", "/api/v1/logs?rejected_by=rpm", Some(&t.alice), None)
+        .await;
+    assert_eq!(logs["items"], json!([]), "{logs}");
+    // Bad ranges are refused in the usual shape.
+    let (status, err) = app
+        .api(
+            "GET",
+            &format!("{path}?from=2026-02-02&to=2026-02-01"),
+            Some(&t.bob),
+            None,
+        )
+        .await;
+    assert_eq!((status, &err["code"]), (400, &json!(40001)), "{err}");
+}
+
+#[tokio::test]
 async fn a_user_never_sees_or_changes_another_tenants_data() {
     let t = two_tenants().await;
     let app = &t.app;
@@ -890,6 +996,12 @@ async fn bad_input_gets_a_4xx_in_the_seed_shape() {
         ),
         ("GET", "/api/v1/usage?from=yesterday".into(), None, 400),
         ("GET", "/api/v1/usage?granularity=week".into(), None, 400),
+        (
+            "GET",
+            "/api/v1/usage?granularity=hour&from=2026-01-01&to=2026-03-01".into(),
+            None,
+            400,
+        ),
         ("GET", "/api/v1/usage?tz=Mars/Base".into(), None, 400),
         (
             "GET",

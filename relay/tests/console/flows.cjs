@@ -237,6 +237,38 @@ async function adminFlow(page) {
   step('dashboard chart shows the traffic');
   await shoot(page, 'dashboard');
   await page.screenshot({ path: path.join(SHOTS, 'console.png') });
+  await page.getByLabel('Granularity').selectOption('hour');
+  await page.getByRole('button', { name: 'Show', exact: true }).click();
+  await until('the hourly chart', async () =>
+    (await page.locator('h2', { hasText: 'per hour' }).count()) === 1 && (await page.locator('#usage-chart svg circle').count()) >= 1);
+  check(await page.locator('#rejections').count() === 1, 'the dashboard shows rejections by limit');
+  await shoot(page, 'dashboard-hourly', true);
+  step('dashboard by the hour, with rejections by limit');
+  // A key limited to one request a minute: the dashboard counts its refusal under rpm.
+  const setRpm = (rpm) => page.evaluate(async (rpm) => {
+    const headers = { authorization: 'Bearer ' + sessionStorage.getItem('relay.token'), 'content-type': 'application/json' };
+    const keys = await (await fetch('/api/v1/api-keys?limit=100', { headers })).json();
+    const k = keys.items.find((x) => x.name === 'console-key');
+    return (await fetch(`/api/v1/api-keys/${k.id}`, { method: 'PATCH', headers, body: JSON.stringify({ rpm }) })).status;
+  }, rpm);
+  check(await setRpm(1) === 200, 'an rpm limit of 1 set on console-key');
+  const codes = [];
+  for (let i = 0; i < 2; i++) {
+    const r = await fetch(`${RELAY}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': key, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'claude-sonnet-4-6', max_tokens: 64, messages: [{ role: 'user', content: 'again' }] }),
+    });
+    await r.text();
+    codes.push(r.status);
+  }
+  check(codes.includes(429), `the rpm limit refused a request: ${codes}`);
+  await until('the rejection on the dashboard', async () => {
+    await page.getByRole('button', { name: 'Show', exact: true }).click();
+    return /rpm/.test(await page.locator('#rejections table').innerText({ timeout: 2000 }));
+  });
+  check(await setRpm(null) === 200, 'the rpm limit removed');
+  step('a refusal by rpm shows under rejections by limit');
 
   const after = await until('the statement to change', async () => {
     const t = await statementTotal(page, me.tenant);

@@ -219,20 +219,27 @@ function chart(points, label, width) {
   const step = Math.max(1, Math.ceil(points.length / Math.max(2, Math.floor(W / 110))));
   points.forEach((p, i) => {
     const anchor = points.length === 1 ? 'middle' : i === 0 ? 'start' : i === points.length - 1 ? 'end' : 'middle';
-    if (i % step === 0 || i === points.length - 1) g.append(svg('text', { x: x(i), y: H - 12, 'text-anchor': anchor }, p.x));
+    // Every `step`-th label, and the last, unless it would overlap the one before.
+    if ((i % step === 0 && points.length - 1 - i > step / 2) || i === points.length - 1) g.append(svg('text', { x: x(i), y: H - 12, 'text-anchor': anchor }, p.x));
   });
   if (points.length > 1) g.append(svg('polyline', { class: 'series', points: points.map((p, i) => `${x(i)},${y(p.y)}`).join(' ') }));
   points.forEach((p, i) => { if (p.y > 0 || points.length === 1) g.append(svg('circle', { class: 'dot', cx: x(i), cy: y(p.y), r: 3 }, svg('title', {}, `${p.x}: ${p.label}`))); });
   return g;
 }
-// Every period label (`YYYY-MM-DD` or `YYYY-MM`) from one day to another, inclusive.
+// Every period label (`YYYY-MM-DDTHH:00`, `YYYY-MM-DD` or `YYYY-MM`) from one day to
+// another, inclusive. Hours are those of the API's fixed display offset: 24 a day.
 function periods(from, to, granularity) {
   const out = [];
   const d = new Date(from + 'T00:00:00Z');
   const end = new Date(to + 'T00:00:00Z');
-  while (d <= end && out.length < 400) {
-    const p = d.toISOString().slice(0, granularity === 'month' ? 7 : 10);
-    if (out[out.length - 1] !== p) out.push(p);
+  while (d <= end && out.length < 800) {
+    if (granularity === 'hour') {
+      const day = d.toISOString().slice(0, 10);
+      for (let hh = 0; hh < 24; hh++) out.push(`${day}T${String(hh).padStart(2, '0')}:00`);
+    } else {
+      const p = d.toISOString().slice(0, granularity === 'month' ? 7 : 10);
+      if (out[out.length - 1] !== p) out.push(p);
+    }
     d.setUTCDate(d.getUTCDate() + 1);
   }
   return out;
@@ -339,20 +346,25 @@ async function dashboard(root) {
   const form = h('form', { class: 'filters' },
     field('From', input('from', { type: 'date', value: today(-13) })),
     field('To', input('to', { type: 'date', value: today() })),
-    field('Granularity', select('granularity', [['day', 'day'], ['month', 'month']], 'day')),
+    field('Granularity', select('granularity', [['hour', 'hour'], ['day', 'day'], ['month', 'month']], 'day')),
     field('Show', select('metric', [['requests', 'requests'], ['tokens', 'tokens'], ['cost', 'cost (USD)']], 'requests')),
     h('button', { type: 'submit' }, 'Show'));
+  // Hours suit a day or two: switching to them narrows a longer range to yesterday and today.
+  form.elements.granularity.addEventListener('change', () => {
+    const f = form.elements;
+    if (f.granularity.value === 'hour' && (new Date(f.to.value) - new Date(f.from.value)) > 86400000) f.from.value = today(-1);
+  });
   const out = h('div', {});
-  root.append(h('p', { class: 'muted' }, `Days are counted in ${zone()}. The usage API buckets by day, month or year.`), form, out);
+  root.append(h('p', { class: 'muted' }, `Hours and days are counted in ${zone()}. Hour granularity takes a range of up to 31 days.`), form, out);
   const draw = async () => {
     clear(out).append(h('p', { class: 'muted' }, 'Loading…'));
     const v = formValues(form);
     const base = { from: v.from, to: v.to, tz: zone() };
-    const [series, status, acc, rejected] = await Promise.all([
+    const [series, status, acc, rejections] = await Promise.all([
       get('/api/v1/usage' + qs(Object.assign({ granularity: v.granularity }, base))),
       isAdmin() ? get('/api/v1/status') : null,
       isAdmin() ? allPages('/api/v1/admin/accounts') : null,
-      get('/api/v1/logs' + qs({ outcome: 'rejected', limit: 100, from: v.from ? new Date(v.from).toISOString() : null })),
+      get('/api/v1/usage/rejections' + qs(base)),
     ]);
     const breakdowns = await Promise.all((isAdmin() ? ['model', 'account', 'tenant'] : ['model', 'key']).map(async (by) =>
       [by, (await get('/api/v1/usage' + qs(Object.assign({ granularity: 'total', group_by: by }, base)))).items]));
@@ -363,14 +375,15 @@ async function dashboard(root) {
       stat('tokens', int(rows.reduce((s, r) => s + tokensOf(r), 0))),
       stat('cost', usd(nanosToDecimal(sumNanos(rows)))),
       stat('cache hit ratio', cacheHit(rows)),
-      stat('rejected (last 100)', int(rejected.items.length))));
+      stat('rejected by a limit', int(rejections.total))));
     const metric = v.metric;
     const byPeriod = new Map(rows.map((r) => [r.period, r]));
     const pts = periods(series.from, series.to, v.granularity).map((p) => {
       const r = byPeriod.get(p);
-      if (metric === 'cost') return { x: p, y: r ? Number(r.cost) : 0, label: usd(r ? r.cost : '0') };
+      const x = v.granularity === 'hour' ? p.slice(5).replace('T', ' ') : p;
+      if (metric === 'cost') return { x, y: r ? Number(r.cost) : 0, label: usd(r ? r.cost : '0') };
       const n = r ? (metric === 'tokens' ? tokensOf(r) : r.requests) : 0;
-      return { x: p, y: n, label: int(n) };
+      return { x, y: n, label: int(n) };
     });
     out.append(h('h2', {}, `${metric === 'cost' ? 'Cost' : metric === 'tokens' ? 'Tokens' : 'Requests'} per ${v.granularity} (${zone()})`));
     out.append(rows.length ? h('div', { class: 'card', id: 'usage-chart' }, chart(pts, `${metric} per ${v.granularity}`, out.clientWidth - 26))
@@ -387,13 +400,10 @@ async function dashboard(root) {
         { title: 'cost', value: (r) => usd(r.cost), num: true },
       ], items, 'Nothing in this range.'));
     }
-    if (rejected.items.length) {
-      const by = {};
-      for (const r of rejected.items) { const k = r.error_type || `HTTP ${r.status}`; by[k] = (by[k] || 0) + 1; }
-      out.append(h('h2', {}, 'Rejections by cause (last 100 rejected requests)'),
-        table([{ title: 'cause', value: (r) => r[0] }, { title: 'requests', value: (r) => int(r[1]), num: true }],
-          Object.entries(by), ''));
-    }
+    out.append(h('h2', {}, 'Rejections by limit'), h('div', { id: 'rejections' }, table([
+      { title: 'limit', value: (r) => r.rejected_by },
+      { title: 'requests refused', value: (r) => int(r.requests), num: true },
+    ], rejections.items, 'No request was refused by a limit in this range. The Requests page lists each refusal.')));
     if (acc) out.append(h('h2', {}, 'Account health'), accountTiles(acc));
     if (status) out.append(h('h2', {}, 'Event pipeline'), statusView(status));
   };
@@ -755,7 +765,7 @@ async function usage(root) {
   const f = h('form', { class: 'filters card', id: 'usage-filters' },
     field('From', input('from', { type: 'date', value: today(-29) })),
     field('To', input('to', { type: 'date', value: today() })),
-    field('Granularity', select('granularity', ['day', 'month', 'year', 'total'], 'day')),
+    field('Granularity', select('granularity', ['hour', 'day', 'month', 'year', 'total'], 'day')),
     h('fieldset', { class: 'filters' }, h('legend', {}, 'Group by'),
       ['tenant', 'key', 'account', 'model'].map((g) => h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'group_by', value: g }), g))),
     isAdmin() ? field('Tenant', input('tenant')) : null,
@@ -867,6 +877,9 @@ async function cursorLog(root, path, filters, columns, empty) {
   root.append(f, out, more);
   await load(true);
 }
+// The limits a refusal names (`request.finished.rejected_by`).
+const LIMITS = ['rpm', 'max_concurrency', 'daily_budget_usd', 'weekly_budget_usd', 'monthly_budget_usd',
+  'total_budget_usd', 'tenant_monthly_budget_usd', 'allowed_models', 'allowed_ips', 'limits_unavailable'];
 function requests(root) {
   return cursorLog(root, '/api/v1/logs', [
     isAdmin() ? field('Tenant', input('tenant')) : null,
@@ -875,13 +888,14 @@ function requests(root) {
     field('Model', input('model')),
     field('Outcome', select('outcome', [['', '(any)'], 'completed', 'client_disconnected', 'upstream_error', 'rejected', 'relay_error'], '')),
     field('Request id', input('request_id')),
+    field('Refused by limit', select('rejected_by', [['', '(any)'], ...LIMITS], '')),
     field(`From (${browserZone()})`, input('from', { type: 'datetime-local' })),
     field(`To (${browserZone()})`, input('to', { type: 'datetime-local' })),
   ], [
     { title: `time (${zone()})`, value: (r) => fmtTime(r.occurred_at) },
     { title: 'model', value: (r) => r.model },
     { title: 'status', value: (r) => r.status, num: true },
-    { title: 'outcome', value: (r) => r.outcome + (r.error_type ? ` (${r.error_type})` : '') },
+    { title: 'outcome', value: (r) => r.outcome + (r.rejected_by ? ` by ${r.rejected_by}` : '') + (r.error_type ? ` (${r.error_type})` : '') },
     { title: 'tokens in/out', value: (r) => `${int(r.input_tokens)} / ${int(r.output_tokens)}`, num: true },
     { title: 'cost', value: (r) => usd(r.cost), num: true },
     { title: 'latency', value: (r) => `${(r.latency_us / 1000).toFixed(0)} ms`, num: true },
