@@ -204,6 +204,10 @@ function toCsv(columns, rows) {
   return [columns.join(','), ...rows.map((r) => columns.map((c) => csvCell(r[c])).join(','))].join('\r\n') + '\r\n';
 }
 
+// The dashboard chart's redraw for the current width, if one is shown.
+let redrawChart = null;
+window.addEventListener('resize', () => { if (redrawChart) redrawChart(); });
+
 // A line chart (or bars, when there are few points) of one series, as SVG.
 function chart(points, label, width) {
   const W = Math.max(300, Math.round(width || 640)), H = 220, L = 56, R = 14, T = 10, B = 34;
@@ -220,7 +224,7 @@ function chart(points, label, width) {
   points.forEach((p, i) => {
     const anchor = points.length === 1 ? 'middle' : i === 0 ? 'start' : i === points.length - 1 ? 'end' : 'middle';
     // Every `step`-th label, and the last, unless it would overlap the one before.
-    if ((i % step === 0 && points.length - 1 - i > step / 2) || i === points.length - 1) g.append(svg('text', { x: x(i), y: H - 12, 'text-anchor': anchor }, p.x));
+    if ((i % step === 0 && points.length - 1 - i >= step) || i === points.length - 1) g.append(svg('text', { x: x(i), y: H - 12, 'text-anchor': anchor }, p.x));
   });
   if (points.length > 1) g.append(svg('polyline', { class: 'series', points: points.map((p, i) => `${x(i)},${y(p.y)}`).join(' ') }));
   points.forEach((p, i) => { if (p.y > 0 || points.length === 1) g.append(svg('circle', { class: 'dot', cx: x(i), cy: y(p.y), r: 3 }, svg('title', {}, `${p.x}: ${p.label}`))); });
@@ -386,8 +390,15 @@ async function dashboard(root) {
       return { x, y: n, label: int(n) };
     });
     out.append(h('h2', {}, `${metric === 'cost' ? 'Cost' : metric === 'tokens' ? 'Tokens' : 'Requests'} per ${v.granularity} (${zone()})`));
-    out.append(rows.length ? h('div', { class: 'card', id: 'usage-chart' }, chart(pts, `${metric} per ${v.granularity}`, out.clientWidth - 26))
+    const chartLabel = `${metric} per ${v.granularity}`;
+    out.append(rows.length ? h('div', { class: 'card', id: 'usage-chart' }, chart(pts, chartLabel, out.clientWidth - 26))
       : h('p', { class: 'empty', id: 'usage-chart' }, 'No usage in this range yet. Create a key on the Keys page and send a request through the relay.'));
+    // Drawn for the width it has: redrawn when the window (a phone turned, a desktop
+    // window resized) changes it, so text keeps its size.
+    redrawChart = rows.length ? () => {
+      const card = document.getElementById('usage-chart');
+      if (card && card.clientWidth > 0) card.replaceChildren(chart(pts, chartLabel, card.clientWidth - 26));
+    } : null;
     const accountName = new Map((acc || []).map((a) => [a.id, a.name]));
     for (const [by, items] of breakdowns) {
       const name = by === 'key' ? 'api_key' : by;
