@@ -148,6 +148,14 @@ enum TakeError {
     Store(String),
 }
 
+/// What one lease transaction did.
+struct Leased {
+    /// The holding grew.
+    grew: bool,
+    /// Rpm: seconds until a token refills, when the bucket was empty.
+    retry_after: Option<u64>,
+}
+
 /// What a request holds; released on drop (every exit path), settled to the actual
 /// cost by [`Permit::settle`].
 pub struct Permit {
@@ -593,12 +601,12 @@ impl Limiter {
                     return Err(self.exhausted(scope, &l, None));
                 }
             }
-            let before = lock(&scope.local).granted;
             match self.lease(scope, want).await {
-                Ok(retry_after) => {
-                    if lock(&scope.local).granted > before {
-                        continue;
-                    }
+                Ok(Leased { grew: true, .. }) => continue,
+                Ok(Leased {
+                    grew: false,
+                    retry_after,
+                }) => {
                     let mut l = lock(&scope.local);
                     l.exhausted_until = Some(Instant::now() + Duration::from_millis(100));
                     return Err(self.exhausted(scope, &l, retry_after));
@@ -689,8 +697,10 @@ impl Limiter {
     }
 
     /// One lease transaction: grows this relay's holding by at least `want` if the
-    /// limit allows. Returns the rpm retry hint when the bucket was empty.
-    async fn lease(&self, scope: &Scope, want: i64) -> Result<Option<u64>, sqlx::Error> {
+    /// limit allows. Says whether it grew (the holding itself may meanwhile have been
+    /// spent by requests on the fast path, so it cannot tell) and, for rpm, when a
+    /// token refills.
+    async fn lease(&self, scope: &Scope, want: i64) -> Result<Leased, sqlx::Error> {
         let limit = *lock(&scope.limit);
         let now_ms = Utc::now().timestamp_millis();
         let fresh = now_ms - i64::try_from(LEASE_TTL.as_millis()).unwrap_or(30_000);
@@ -701,7 +711,10 @@ impl Limiter {
                 .take_tokens(&mut tx, scope, limit, want, now_ms)
                 .await?;
             tx.commit().await?;
-            return Ok(hint);
+            return Ok(Leased {
+                grew: hint.is_none(),
+                retry_after: hint,
+            });
         }
         let spent = match &scope.kind {
             Kind::Budget {
@@ -768,11 +781,15 @@ impl Limiter {
         let mut l = lock(&scope.local);
         l.spent_known = spent;
         l.others_known = others;
-        if grow >= need && grow > 0 {
+        let grew = grow >= need && grow > 0;
+        if grew {
             l.granted += grow;
             l.exhausted_until = None;
         }
-        Ok(None)
+        Ok(Leased {
+            grew,
+            retry_after: None,
+        })
     }
 
     /// Takes up to a slice of tokens from the shared bucket into the local holding.
