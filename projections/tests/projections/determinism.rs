@@ -230,8 +230,66 @@ pub async fn live_then_rebuild(
 
 both!(
     hundred_thousand_events_from_the_sqlite_log,
-    hundred_thousand_events_from_jetstream
+    hundred_thousand_events_from_jetstream,
+    a_copy_republished_after_the_jetstream_duplicate_window_counts_once
 );
+
+/// JetStream forgets ids after its duplicate window; a publisher that replays an
+/// event later (a journal recovered after a long outage, say) stores a second copy.
+/// The read models still count it once.
+async fn a_copy_republished_after_the_jetstream_duplicate_window_counts_once(db: &TestDb) {
+    let mut server = nats::testing::NatsServer::start().await;
+    let settings = nats::StreamSettings {
+        duplicate_window: std::time::Duration::from_secs(1),
+        ..nats::StreamSettings::default()
+    };
+    let log = nats::JetStreamLog::connect(&server.url(), settings)
+        .await
+        .unwrap();
+    let spent = usage(&UsageSpec::default());
+    let ended = finished(
+        "req_1",
+        "acc_1",
+        schema::Outcome::Completed,
+        at(2026, 11, 3, 12),
+    );
+    for e in [&spent, &ended] {
+        assert!(!log.append(e).await.unwrap().duplicate);
+    }
+    // Inside the window a copy is recognised; once it has passed, it is stored.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for e in [&spent, &ended] {
+        while log.append(e).await.unwrap().duplicate {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the window never passed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let head = log.head().await.unwrap();
+    assert!(
+        head >= 4,
+        "both copies of both events are in the stream: head {head}"
+    );
+    catch_up(&db.pool, Arc::new(log)).await;
+    let ledger: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_ledger")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ledger, 1);
+    let st = projections::read::statement(&db.pool, "acme", "2026-11")
+        .await
+        .unwrap();
+    assert_eq!(st.totals.requests, 1);
+    assert_eq!(st.totals.input_tokens, 1_000);
+    let logged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM request_log")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 1);
+    server.stop().await;
+}
 
 async fn hundred_thousand_events_from_the_sqlite_log(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
