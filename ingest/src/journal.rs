@@ -197,6 +197,9 @@ pub struct Recovered {
     /// Of the requests of `open_attempts`, those whose `request.finished` was never
     /// written.
     pub unfinished_requests: HashSet<String>,
+    /// Requests whose last attempt ended (with usage) and which never finished: the
+    /// process died between attempts. Their newest attempt, as an attempt start.
+    pub ended_between_attempts: Vec<AttemptStart>,
     /// Records skipped because they were torn or corrupt.
     pub corrupt_records: u64,
 }
@@ -220,6 +223,9 @@ impl Recovered {
                 let n = attempts.get(a.request_id.as_str()).copied().unwrap_or(1);
                 out.push(a.unfinished_request(n, now));
             }
+        }
+        for a in &self.ended_between_attempts {
+            out.push(a.unfinished_request(a.attempt, now));
         }
         out
     }
@@ -429,15 +435,20 @@ impl Journal {
         events: impl IntoIterator<Item = Envelope>,
         mut then: impl FnMut(u64, Envelope),
     ) -> Result<u64, std::io::Error> {
+        // Serialised before taking the lock: concurrent requests wait on it only for
+        // the copy and the `write`.
+        let encoded: Vec<(Vec<u8>, Envelope)> = events
+            .into_iter()
+            .map(|e| (serde_json::to_vec(&e).unwrap_or_default(), e))
+            .collect();
         let mut inner = self.lock();
         let handled = self.handled.load(Ordering::Acquire);
         inner.buf.clear();
         inner.marker_if_moved(handled);
-        let mut written = Vec::new();
-        for e in events {
+        let mut written = Vec::with_capacity(encoded.len());
+        for (payload, e) in encoded {
             let seq = inner.next_seq;
             inner.next_seq += 1;
-            let payload = serde_json::to_vec(&e).unwrap_or_default();
             encode(&mut inner.buf, KIND_EVENT, seq, &payload);
             inner.close_attempts_of(&e);
             written.push((seq, e));
@@ -452,13 +463,13 @@ impl Journal {
 
     /// Writes an attempt start. Returns its sequence number once it is written.
     pub fn attempt_started(&self, attempt: &AttemptStart) -> Result<u64, std::io::Error> {
+        let payload = serde_json::to_vec(attempt).unwrap_or_default();
         let mut inner = self.lock();
         let handled = self.handled.load(Ordering::Acquire);
         inner.buf.clear();
         inner.marker_if_moved(handled);
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        let payload = serde_json::to_vec(attempt).unwrap_or_default();
         let start = inner.buf.len();
         encode(&mut inner.buf, KIND_ATTEMPT, seq, &payload);
         let record = inner.buf[start..].to_vec();
@@ -825,6 +836,8 @@ struct Scan {
     seen_events: HashSet<Uuid>,
     attempts: BTreeMap<(String, u32), AttemptStart>,
     finished: HashSet<String>,
+    /// Requests with usage, by request: their newest attempt, as an attempt start.
+    billed: BTreeMap<String, AttemptStart>,
     corrupt: u64,
 }
 
@@ -878,7 +891,23 @@ impl Scan {
                     if let Some(r) = e.request_id.clone() {
                         match &e.event {
                             Event::UsageRecorded(u) => {
-                                self.attempts.remove(&(r, u.attempt));
+                                self.attempts.remove(&(r.clone(), u.attempt));
+                                let newer =
+                                    self.billed.get(&r).is_none_or(|b| b.attempt < u.attempt);
+                                if newer {
+                                    let a = AttemptStart {
+                                        request_id: r.clone(),
+                                        attempt: u.attempt,
+                                        account: u.account.clone(),
+                                        tenant: e.tenant.clone(),
+                                        api_key: e.api_key.clone(),
+                                        model: u.model.clone(),
+                                        stream: u.stream,
+                                        endpoint: "/v1/messages".to_owned(),
+                                        started_at: e.occurred_at,
+                                    };
+                                    self.billed.insert(r, a);
+                                }
                             }
                             Event::RequestFinished(_) => {
                                 self.attempts.retain(|(req, _), _| *req != r);
@@ -925,15 +954,25 @@ impl Scan {
         let events = std::mem::take(&mut self.earlier);
         let open_attempts: Vec<AttemptStart> =
             std::mem::take(&mut self.attempts).into_values().collect();
-        let unfinished_requests = open_attempts
+        let unfinished_requests: HashSet<String> = open_attempts
             .iter()
             .filter(|a| !self.finished.contains(&a.request_id))
             .map(|a| a.request_id.clone())
+            .collect();
+        // A request can die between attempts: its last attempt ended (usage recorded)
+        // and the next had not started. It still needs its end.
+        let ended_between_attempts = std::mem::take(&mut self.billed)
+            .into_values()
+            .filter(|a| {
+                !self.finished.contains(&a.request_id)
+                    && !unfinished_requests.contains(&a.request_id)
+            })
             .collect();
         Recovered {
             events,
             open_attempts,
             unfinished_requests,
+            ended_between_attempts,
             corrupt_records: self.corrupt,
         }
     }

@@ -142,7 +142,25 @@ fn recovery_written_again_survives_a_second_crash_and_old_segments_go() {
         assert_eq!(segments(dir.path()), 1);
     }
     let (_j, rec) = Journal::open(&config(dir.path())).unwrap();
-    assert_eq!(ids(&rec.events), ids(&events));
+    // The usage, once each, and the ends the first recovery recorded for its requests
+    // (they never finished), under the same derived ids.
+    let usage: Vec<Envelope> = rec
+        .events
+        .iter()
+        .filter(|e| matches!(e.event, Event::UsageRecorded(_)))
+        .cloned()
+        .collect();
+    assert_eq!(ids(&usage), ids(&events));
+    assert_eq!(
+        rec.events.len(),
+        6,
+        "three usage events and their three ends"
+    );
+    let ends = rec.into_events(Utc::now()).len();
+    assert_eq!(
+        ends, 6,
+        "recovering again derives the same ends, no new ones"
+    );
 }
 
 #[test]
@@ -201,6 +219,47 @@ fn an_attempt_that_never_ended_becomes_unknown_usage_and_an_unfinished_request()
         attempt("r1", 2).unknown_usage(now).id,
         attempt("r1", 2).unknown_usage(Utc::now()).id
     );
+}
+
+#[test]
+fn a_request_that_died_between_attempts_still_gets_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (j, _) = Journal::open(&config(dir.path())).unwrap();
+        // Attempt 1 was refused upstream (its usage recorded); the relay died before
+        // attempt 2 started.
+        j.attempt_started(&attempt("r1", 1)).unwrap();
+        j.append_events([usage("r1", 1)], |_, _| {}).unwrap();
+        // r2 finished normally.
+        j.append_events([usage("r2", 1), finished("r2")], |_, _| {})
+            .unwrap();
+    }
+    let (_j, rec) = Journal::open(&config(dir.path())).unwrap();
+    assert!(rec.open_attempts.is_empty());
+    let ended: Vec<&str> = rec
+        .ended_between_attempts
+        .iter()
+        .map(|a| a.request_id.as_str())
+        .collect();
+    assert_eq!(ended, ["r1"]);
+    let out = rec.into_events(Utc::now());
+    let ends: Vec<&Envelope> = out
+        .iter()
+        .filter(|e| matches!(e.event, Event::RequestFinished(_)))
+        .collect();
+    // r2's own end (replayed: never acknowledged) and the one recorded for r1.
+    assert_eq!(ends.len(), 2);
+    let r1 = ends
+        .iter()
+        .find(|e| e.request_id.as_deref() == Some("r1"))
+        .unwrap();
+    match &r1.event {
+        Event::RequestFinished(f) => {
+            assert_eq!(f.outcome, Outcome::RelayError);
+            assert_eq!(f.attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -390,8 +449,8 @@ async fn events_only_in_a_dead_publishers_memory_reach_the_log_after_a_restart()
     assert_eq!(unknown[0].request_id.as_deref(), Some("inflight"));
     assert_eq!(
         stored.len(),
-        22,
-        "20 events, the unknown usage, the unfinished request"
+        42,
+        "20 events, an end for each of their requests (they never finished), the unknown usage and its end"
     );
     shutdown.cancel();
     tracker.close();

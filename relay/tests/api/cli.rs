@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn relay_cmd(data_dir: &Path) -> Command {
+pub(crate) fn relay_cmd(data_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -21,7 +21,7 @@ fn relay_cmd(data_dir: &Path) -> Command {
 }
 
 /// Runs a subcommand to completion with `stdin`, returning stdout; panics on failure.
-fn run_ok(mut cmd: Command, stdin: &str) -> String {
+pub(crate) fn run_ok(mut cmd: Command, stdin: &str) -> String {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

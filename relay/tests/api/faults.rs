@@ -5,52 +5,27 @@
 //! of completeness `unknown`), nothing is counted twice, and the tenant's statement
 //! is the sum of the events.
 
+use crate::cli::run_ok;
 use crate::ADMIN_PASSWORD;
 use bench::mock::{MockConfig, MockUpstream, Step};
 use ingest::EventLog;
 use schema::{Completeness, Envelope, Event};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The CLI tests' command, with a first admin, quieter logs and `env`.
 fn relay_cmd(data_dir: &Path, env: &[(String, String)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_relay"));
-    c.env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATA_DIR", data_dir)
-        .env("LOG_LEVEL", "warn")
-        .env("UPSTREAM_ALLOW_PRIVATE", "true")
+    let mut c = crate::cli::relay_cmd(data_dir);
+    c.env("LOG_LEVEL", "warn")
         .env("DEFAULT_ADMIN_USERNAME", "admin")
         .env("DEFAULT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("NO_COLOR", "1");
+        .envs(env.iter().map(|(k, v)| (k, v)));
     c
-}
-
-fn run_ok(mut cmd: Command, stdin: &str) -> String {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `relay serve` on a fixed port, so a restart answers at the same address.
