@@ -108,10 +108,12 @@ pub enum Completeness {
     ClientDisconnectedPartial,
     /// The upstream failed mid-stream: figures are what was seen before the failure.
     UpstreamErrorPartial,
-    /// The attempt was sent upstream and the relay died before it ended: the account
-    /// and request are known, the tokens are not (all zero). Recorded on restart from
-    /// the journal, so that an attempt upstream may have billed is never silently
-    /// missing. Added in v1; older consumers do not know it.
+    /// The attempt was sent upstream and ended without an answer the relay could read:
+    /// the relay died before it ended (recorded on restart from the journal), or the
+    /// connection broke, or no response head came in time, after the request went out
+    /// (status 0). The account and request are known, the tokens are not (all zero), so
+    /// that an attempt upstream may have billed is never silently missing. Added in v1;
+    /// older consumers do not know it.
     Unknown,
 }
 

@@ -43,7 +43,9 @@ pub use body::{stamp_micros, unix_micros, DroppedOnPurpose, EventGate, Interrupt
 pub use oauth::{pkce_challenge, CLAUDE_CODE_CLIENT_ID};
 pub use render::{sse_transcript, ResponsePlan, SseFraming};
 pub use script::Step;
-pub use usage::{expected_usage, prompt_tokens, server_tool_uses, MockUsage, ServerTool};
+pub use usage::{
+    expected_usage, prompt_tokens, server_tool_uses, CacheSplit, MockUsage, ServerTool,
+};
 
 use body::EventStream;
 use render::Pace;
@@ -99,6 +101,8 @@ pub struct MockConfig {
     pub realistic_rate_limits: bool,
     /// How SSE bytes are framed (toggle at runtime too).
     pub sse_framing: SseFraming,
+    /// How usage reports the cache-write split by lifetime.
+    pub cache_split: CacheSplit,
     /// `usage.service_tier` of every answer (toggle at runtime too).
     pub service_tier: String,
     /// A beta name answered with the "Unexpected value(s)" 400.
@@ -128,6 +132,7 @@ impl Default for MockConfig {
             rate_limit_headers: RateLimitMode::Auto,
             realistic_rate_limits: true,
             sse_framing: SseFraming::default(),
+            cache_split: CacheSplit::default(),
             service_tier: "standard".to_owned(),
             unknown_beta: None,
             organization_id: "00000000-0000-4000-8000-00000000a11c".to_owned(),
@@ -317,6 +322,7 @@ impl State {
             server_tools: Vec::new(),
             service_tier: config.service_tier.clone(),
             framing: config.sse_framing,
+            cache_split: config.cache_split,
         };
         let org_header = HeaderValue::from_str(&config.organization_id)
             .unwrap_or_else(|_| HeaderValue::from_static("mock-org"));
@@ -370,6 +376,7 @@ impl State {
             self.restate.load(Ordering::Relaxed),
         );
         plan.framing = *lock(&self.framing);
+        plan.cache_split = self.config.cache_split;
         plan.service_tier.clone_from(&lock(&self.service_tier));
         plan
     }

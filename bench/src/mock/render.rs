@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
 use super::usage::{
-    expected_usage, server_tool_uses, wants_thinking, wants_tool, MockUsage, ServerTool,
+    expected_usage, server_tool_uses, wants_thinking, wants_tool, CacheSplit, MockUsage, ServerTool,
 };
 
 /// Words the text block is made of, cycled for longer streams.
@@ -56,6 +56,8 @@ pub struct ResponsePlan {
     pub service_tier: String,
     /// How the SSE bytes are framed.
     pub framing: SseFraming,
+    /// How the usage reports the cache-write split.
+    pub cache_split: CacheSplit,
 }
 
 /// How the mock frames SSE bytes on the wire. All off (the default): one body frame
@@ -72,6 +74,9 @@ pub struct SseFraming {
     pub split: bool,
     /// Three frames (events, or pieces of them) per body chunk.
     pub coalesce: bool,
+    /// No `event:` lines: each event is its `data:` line alone, named by the `type` in
+    /// its JSON (valid SSE; a parser must not depend on the event name).
+    pub unnamed: bool,
 }
 
 impl SseFraming {
@@ -82,6 +87,7 @@ impl SseFraming {
             comments: true,
             split: true,
             coalesce: true,
+            unnamed: false,
         }
     }
 
@@ -117,6 +123,7 @@ impl ResponsePlan {
             server_tools: server_tool_uses(body),
             service_tier: "standard".to_owned(),
             framing: SseFraming::default(),
+            cache_split: CacheSplit::default(),
         }
     }
 
@@ -208,7 +215,7 @@ pub fn message_json(plan: &ResponsePlan) -> Bytes {
         quote(&plan.model),
         content.join(","),
         plan.stop_reason(),
-        plan.usage.to_json(&plan.service_tier)
+        plan.usage.to_json(&plan.service_tier, plan.cache_split)
     ))
 }
 
@@ -287,7 +294,7 @@ pub fn sse_events(plan: &ResponsePlan) -> Vec<(Bytes, Pace)> {
             "{{\"type\":\"message_start\",\"message\":{{\"id\":{},\"type\":\"message\",\"role\":\"assistant\",\"model\":{},\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{}}}}}",
             quote(&plan.id),
             quote(&plan.model),
-            start_usage.to_json(&plan.service_tier)
+            start_usage.to_json(&plan.service_tier, plan.cache_split)
         ),
         false,
     );
@@ -428,14 +435,14 @@ pub fn sse_events(plan: &ResponsePlan) -> Vec<(Bytes, Pace)> {
         // The API restates the grown input and reports the uses here.
         format!(
             "{{{},\"output_tokens\":{},{}}}",
-            plan.usage.input_json_members(),
+            plan.usage.input_json_members(plan.cache_split),
             plan.usage.output_tokens,
             plan.usage.server_tool_json_member()
         )
     } else if plan.restate_usage {
         format!(
             "{{{},\"output_tokens\":{}}}",
-            plan.usage.input_json_members(),
+            plan.usage.input_json_members(plan.cache_split),
             plan.usage.output_tokens
         )
     } else {
@@ -483,6 +490,12 @@ pub fn frame(events: Vec<(Bytes, Pace)>, f: SseFraming) -> Vec<(Bytes, Pace)> {
             if let Some(end) = text.find('\n') {
                 text.insert_str(end + 1, ": a comment inside the event\n");
             }
+        }
+        if f.unnamed {
+            text = text
+                .split_inclusive('\n')
+                .filter(|line| !line.starts_with("event:"))
+                .collect();
         }
         if f.crlf {
             text = text.replace('\n', "\r\n");

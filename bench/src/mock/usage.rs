@@ -109,20 +109,30 @@ impl MockUsage {
         )
     }
 
-    /// The input-side fields as compact JSON members (no braces), in the API's order.
-    pub(crate) fn input_json_members(&self) -> String {
-        format!(
-            "\"input_tokens\":{},\"cache_creation_input_tokens\":{},\"cache_read_input_tokens\":{},\"cache_creation\":{{\"ephemeral_5m_input_tokens\":{},\"ephemeral_1h_input_tokens\":{}}}",
+    /// The input-side fields as compact JSON members (no braces), in the API's order,
+    /// with the cache-write split reported as `split` says.
+    pub(crate) fn input_json_members(&self, split: CacheSplit) -> String {
+        let head = format!(
+            "\"input_tokens\":{},\"cache_creation_input_tokens\":{},\"cache_read_input_tokens\":{}",
             self.input_tokens,
             self.cache_creation_input_tokens(),
             self.cache_read_input_tokens,
-            self.cache_creation_5m,
-            self.cache_creation_1h
-        )
+        );
+        match split {
+            CacheSplit::Full => format!(
+                "{head},\"cache_creation\":{{\"ephemeral_5m_input_tokens\":{},\"ephemeral_1h_input_tokens\":{}}}",
+                self.cache_creation_5m, self.cache_creation_1h
+            ),
+            CacheSplit::OneHourOnly => format!(
+                "{head},\"cache_creation\":{{\"ephemeral_1h_input_tokens\":{}}}",
+                self.cache_creation_1h
+            ),
+            CacheSplit::Absent => head,
+        }
     }
 
     /// The full `usage` object of a non-streaming response, answered in `service_tier`.
-    pub fn to_json(&self, service_tier: &str) -> String {
+    pub fn to_json(&self, service_tier: &str, split: CacheSplit) -> String {
         let tools = if self.used_server_tools() {
             format!(",{}", self.server_tool_json_member())
         } else {
@@ -130,10 +140,25 @@ impl MockUsage {
         };
         format!(
             "{{{},\"output_tokens\":{}{tools},\"service_tier\":\"{service_tier}\",\"inference_geo\":\"global\"}}",
-            self.input_json_members(),
+            self.input_json_members(split),
             self.output_tokens
         )
     }
+}
+
+/// How an answer reports its cache writes' split by lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheSplit {
+    /// `cache_creation` with both `ephemeral_5m_input_tokens` and
+    /// `ephemeral_1h_input_tokens`, as the API answers today.
+    #[default]
+    Full,
+    /// `cache_creation` with the 1-hour count only: the rest of
+    /// `cache_creation_input_tokens` is 5-minute writes.
+    OneHourOnly,
+    /// No `cache_creation` object (older API versions, some gateways): only the total,
+    /// which a biller must take as 5-minute writes.
+    Absent,
 }
 
 /// Estimated tokens of a string: `ceil(bytes / 4)`.

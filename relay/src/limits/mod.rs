@@ -286,17 +286,32 @@ pub struct Rejection {
     pub retry_after: Option<u64>,
 }
 
+/// What a request may consume at most, as far as its body tells.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Worst {
+    /// The body's size; one input token per 3 bytes.
+    pub body_bytes: usize,
+    /// `max_tokens`.
+    pub max_tokens: u64,
+    /// Web searches the request allows.
+    pub searches: u64,
+    /// Input tokens server tools may add (search results, fetched pages).
+    pub tool_input_tokens: u64,
+}
+
 /// The worst-case cost of a request, reserved before it is sent: the input estimated
-/// from the body size (one token per 3 bytes) priced at the highest input rate (a
-/// 1-hour cache write), plus `max_tokens` at the output price.
+/// from the body size (one token per 3 bytes) plus what server tools may add, priced at
+/// the highest input rate (a 1-hour cache write), plus `max_tokens` at the output
+/// price, plus the allowed web searches at the per-search price.
 pub fn reservation_nanos(
     prices: &projections::PriceTable,
     model: &str,
-    body_bytes: usize,
-    max_tokens: u64,
+    worst: Worst,
     at_ms: i64,
 ) -> i64 {
-    let est_input = u64::try_from(body_bytes / 3 + 1).unwrap_or(u64::MAX);
+    let est_input = u64::try_from(worst.body_bytes / 3 + 1)
+        .unwrap_or(u64::MAX)
+        .saturating_add(worst.tool_input_tokens);
     let priced = prices.price(
         at_ms,
         &projections::pricing::PriceContext {
@@ -307,13 +322,14 @@ pub fn reservation_nanos(
         },
         projections::pricing::Tokens {
             input: 0,
-            output: max_tokens,
+            output: worst.max_tokens,
             cache_read: 0,
             cache_write_5m: 0,
             cache_write_1h: est_input,
         },
     );
-    projections::money::usd_to_nanos(priced.cost.ceil_with_nanos()).unwrap_or(i64::MAX)
+    let searches = Decimal::from(worst.searches) * prices.web_search_price(at_ms);
+    projections::money::usd_to_nanos((priced.cost + searches).ceil_with_nanos()).unwrap_or(i64::MAX)
 }
 
 trait CeilNanos {
@@ -380,9 +396,26 @@ mod tests {
     fn a_reservation_covers_the_worst_case() {
         let prices = projections::PriceTable::embedded().unwrap();
         let at = chrono::Utc::now().timestamp_millis();
-        let r = reservation_nanos(&prices, "claude-sonnet-4-5", 3_000, 1_000, at);
+        let worst = Worst {
+            body_bytes: 3_000,
+            max_tokens: 1_000,
+            ..Worst::default()
+        };
+        let r = reservation_nanos(&prices, "claude-sonnet-4-5", worst, at);
         // 1001 input tokens at the 1-hour cache-write rate ($6/M) + 1000 output at $15/M.
         assert_eq!(r, 1001 * 6_000 + 1_000 * 15_000);
-        assert!(reservation_nanos(&prices, "claude-sonnet-4-5", 3_000, 2_000, at) > r);
+        let more_output = Worst {
+            max_tokens: 2_000,
+            ..worst
+        };
+        assert!(reservation_nanos(&prices, "claude-sonnet-4-5", more_output, at) > r);
+        // Each allowed web search adds its price, $0.01, and its results' input tokens.
+        let searching = Worst {
+            searches: 3,
+            tool_input_tokens: 500,
+            ..worst
+        };
+        let with_searches = reservation_nanos(&prices, "claude-sonnet-4-5", searching, at);
+        assert_eq!(with_searches, r + 3 * 10_000_000 + 500 * 6_000);
     }
 }

@@ -145,18 +145,32 @@ pub async fn forward(mut ctx: RequestCtx, parts: http::request::Parts, body: Byt
             .metrics
             .upstream_head
             .observe(micros(started.elapsed()));
+        // A failure once connected may come after upstream read the request (a reset,
+        // no head in time): it may bill it, so the attempt is recorded with unknown
+        // tokens rather than left out. A connect failure sent nothing.
         let failed = match result {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(describe(&e)),
-            Err(_) => Err(format!(
-                "no response head within {}s",
-                head_timeout.as_secs()
+            Ok(Err(e)) => Err((describe(&e), !e.is_connect())),
+            Err(_) => Err((
+                format!("no response head within {}s", head_timeout.as_secs()),
+                true,
             )),
         };
         let resp = match failed {
             Ok(r) => r,
-            Err(message) => {
+            Err((message, maybe_served)) => {
                 ctx.add_upstream(started.elapsed());
+                if maybe_served {
+                    ctx.record_usage(
+                        &account.id,
+                        attempt,
+                        0,
+                        None,
+                        ctx.stream,
+                        &usage_tap::Usage::default(),
+                        Completeness::Unknown,
+                    );
+                }
                 tracing::warn!(account = %account.id, %message, "upstream attempt failed");
                 proxy.pool.observe(
                     lease.runtime(),

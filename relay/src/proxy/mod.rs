@@ -406,12 +406,14 @@ async fn handle(state: ProxyDeps, endpoint: Endpoint, req: Request) -> Response 
 
     let mut session: Option<String> = request::session_header(&parts.headers).map(str::to_owned);
     let mut max_tokens = None;
+    let mut tools = (0, 0);
     if endpoint.has_body() {
         match request::parse_body(&body_bytes) {
             Ok(info) => {
                 ctx.model = Some(info.model.into_owned());
                 ctx.stream = info.stream;
                 max_tokens = info.max_tokens;
+                tools = (info.max_searches, info.tool_input_tokens);
                 if session.is_none() {
                     session = info.session;
                 }
@@ -429,8 +431,12 @@ async fn handle(state: ProxyDeps, endpoint: Endpoint, req: Request) -> Response 
             (Some(m), true) => crate::limits::reservation_nanos(
                 state.limiter.prices(),
                 m,
-                body_bytes.len(),
-                max_tokens.unwrap_or(0),
+                crate::limits::Worst {
+                    body_bytes: body_bytes.len(),
+                    max_tokens: max_tokens.unwrap_or(0),
+                    searches: tools.0,
+                    tool_input_tokens: tools.1,
+                },
                 now.timestamp_millis(),
             ),
             _ => 0,

@@ -49,7 +49,23 @@ pub struct RequestInfo<'a> {
     pub session: Option<String>,
     /// `max_tokens`, when present (budgets reserve it at the output price).
     pub max_tokens: Option<u64>,
+    /// The most web searches the request allows (budgets reserve them at the per-search
+    /// price): the sum of the web search tools' `max_uses`, [`UNCAPPED_USES`] for one
+    /// without it; 0 without a web search tool.
+    pub max_searches: u64,
+    /// Input tokens the server tools may add (search results, fetched pages), which the
+    /// body does not show: [`TOKENS_PER_SEARCH`] per allowed search, and per allowed
+    /// fetch its tool's `max_content_tokens` or [`TOKENS_PER_FETCH`].
+    pub tool_input_tokens: u64,
 }
+
+/// Uses reserved for a server tool without `max_uses` (upstream sets no cap; a longer
+/// run settles to its true cost after the fact).
+pub const UNCAPPED_USES: u64 = 10;
+/// Input tokens reserved per allowed web search (its results), an estimate.
+pub const TOKENS_PER_SEARCH: u64 = 5_000;
+/// Input tokens reserved per allowed web fetch without `max_content_tokens`.
+pub const TOKENS_PER_FETCH: u64 = 10_000;
 
 /// Longest `model` accepted; anything longer is refused before it is sent or recorded.
 pub const MAX_MODEL_LEN: usize = 256;
@@ -66,6 +82,19 @@ struct Head<'a> {
     messages: Option<serde::de::IgnoredAny>,
     #[serde(default, borrow)]
     metadata: Option<Metadata<'a>>,
+    #[serde(default, borrow)]
+    tools: Option<Vec<ToolHead<'a>>>,
+}
+
+/// A tool definition, as far as budgets care: its type and `max_uses`.
+#[derive(Deserialize)]
+struct ToolHead<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    max_uses: Option<u64>,
+    #[serde(default)]
+    max_content_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -115,11 +144,27 @@ pub fn parse_body(body: &[u8]) -> Result<RequestInfo<'_>, ApiError> {
         .metadata
         .and_then(|m| m.user_id)
         .and_then(|u| session_from_user_id(&u));
+    let (mut max_searches, mut tool_input_tokens) = (0u64, 0u64);
+    for t in head.tools.iter().flatten() {
+        let kind = t.kind.as_deref().unwrap_or_default();
+        let uses = t.max_uses.unwrap_or(UNCAPPED_USES);
+        let per_use = if kind.starts_with("web_search") {
+            max_searches = max_searches.saturating_add(uses);
+            TOKENS_PER_SEARCH
+        } else if kind.starts_with("web_fetch") {
+            t.max_content_tokens.unwrap_or(TOKENS_PER_FETCH)
+        } else {
+            continue;
+        };
+        tool_input_tokens = tool_input_tokens.saturating_add(uses.saturating_mul(per_use));
+    }
     Ok(RequestInfo {
         model,
         stream: head.stream.unwrap_or(false),
         session,
         max_tokens: head.max_tokens,
+        max_searches,
+        tool_input_tokens,
     })
 }
 
@@ -199,6 +244,35 @@ mod tests {
             Some("9e9e-1")
         );
         assert!(!parse_body(legacy).unwrap().stream);
+    }
+
+    #[test]
+    fn web_search_tools_bound_the_searches() {
+        let searches = |tools: &str| {
+            let body = format!(r#"{{"model":"m","messages":[],"tools":{tools}}}"#);
+            parse_body(body.as_bytes()).map(|i| (i.max_searches, i.tool_input_tokens))
+        };
+        assert_eq!(searches("[]").unwrap(), (0, 0));
+        let custom = r#"{"name":"get","input_schema":{"type":"object","properties":{"type":{"type":"string"}}}}"#;
+        assert_eq!(searches(&format!("[{custom}]")).unwrap(), (0, 0));
+        assert_eq!(
+            searches(r#"[{"type":"web_search_20250305","name":"web_search","max_uses":3},{"type":"web_fetch_20250910","name":"web_fetch","max_uses":2,"max_content_tokens":700}]"#).unwrap(),
+            (3, 3 * TOKENS_PER_SEARCH + 2 * 700)
+        );
+        assert_eq!(
+            searches(r#"[{"type":"web_fetch_20250910","name":"web_fetch"}]"#).unwrap(),
+            (0, UNCAPPED_USES * TOKENS_PER_FETCH)
+        );
+        assert_eq!(
+            searches(&format!(
+                r#"[{custom},{{"type":"web_search_20260209","name":"web_search"}}]"#
+            ))
+            .unwrap(),
+            (UNCAPPED_USES, UNCAPPED_USES * TOKENS_PER_SEARCH)
+        );
+        assert!(searches(r#"[{"type":"web_search_20250305","max_uses":"many"}]"#).is_err());
+        let plain = parse_body(br#"{"model":"m","messages":[]}"#).unwrap();
+        assert_eq!((plain.max_searches, plain.tool_input_tokens), (0, 0));
     }
 
     #[test]

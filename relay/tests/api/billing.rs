@@ -12,7 +12,7 @@
 use crate::admin::PgDb;
 use crate::*;
 use bench::mock::{
-    expected_usage, EventGate, MockConfig, MockUpstream, MockUsage, SseFraming, Step,
+    expected_usage, CacheSplit, EventGate, MockConfig, MockUpstream, MockUsage, SseFraming, Step,
 };
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -68,6 +68,8 @@ on_both!(
     an_upstream_cut_mid_stream_is_billed_for_what_was_seen,
     web_searches_are_billed_per_use_on_their_own_statement_line,
     a_batch_tier_answer_is_billed_at_half_price,
+    an_unnamed_stream_with_only_the_one_hour_split_is_billed,
+    writes_without_a_split_are_billed_as_five_minute_writes,
 );
 
 /// A relay with projectors on, its stores, and the admin's token.
@@ -735,4 +737,61 @@ async fn a_batch_tier_answer_is_billed_at_half_price(backend: Backend) {
         ..Attempt::ok(&c.account, &rid, false, expected_usage(&body))
     };
     c.assert_billed(1, &[want]).await;
+}
+
+async fn an_unnamed_stream_with_only_the_one_hour_split_is_billed(backend: Backend) {
+    // Events without `event:` lines, three frames per chunk, usage restated in
+    // `message_delta`, and a `cache_creation` that names the 1-hour writes only: the
+    // rest of the total are 5-minute writes.
+    let mock = MockUpstream::start_with(MockConfig {
+        restate_usage: true,
+        sse_framing: SseFraming {
+            unnamed: true,
+            coalesce: true,
+            ..SseFraming::default()
+        },
+        cache_split: CacheSplit::OneHourOnly,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = Case::start(backend, "drain", &mock).await;
+    let body = two_lifetimes(true);
+    let usage = expected_usage(&body);
+    assert!(usage.cache_creation_5m > 0 && usage.cache_creation_1h > 0);
+    let (rid, bytes) = c.send(&body).await;
+    assert_eq!(bytes, mock.sse_transcript(&body).concat());
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        !text.contains("event:") && !text.contains("ephemeral_5m"),
+        "{text}"
+    );
+    let want = Attempt::ok(&c.account, &rid, true, usage);
+    c.assert_billed(1, &[want]).await;
+}
+
+async fn writes_without_a_split_are_billed_as_five_minute_writes(backend: Backend) {
+    // Only `cache_creation_input_tokens`: the documented default lifetime, 5 minutes.
+    let mock = MockUpstream::start_with(MockConfig {
+        cache_split: CacheSplit::Absent,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = Case::start(backend, "drain", &mock).await;
+    let mut want = Vec::new();
+    for stream in [true, false] {
+        let body = two_lifetimes(stream);
+        let (rid, bytes) = c.send(&body).await;
+        assert!(!String::from_utf8_lossy(&bytes).contains("cache_creation\""));
+        let usage = expected_usage(&body);
+        let billed = MockUsage {
+            cache_creation_5m: usage.cache_creation_5m + usage.cache_creation_1h,
+            cache_creation_1h: 0,
+            ..usage
+        };
+        assert!(usage.cache_creation_1h > 0 && billed.cache_creation_5m > usage.cache_creation_5m);
+        want.push(Attempt::ok(&c.account, &rid, stream, billed));
+    }
+    c.assert_billed(2, &want).await;
 }

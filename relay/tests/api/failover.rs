@@ -655,3 +655,60 @@ async fn overload_cooldown_is_configurable_and_recovers() {
     );
     app.stop().await;
 }
+
+/// A connection that breaks after the request went out (before any response head) may
+/// still be billed upstream: its attempt is recorded with unknown tokens, then the
+/// request fails over. A connection that never opened sent nothing and records nothing.
+#[tokio::test]
+async fn a_reset_before_the_head_is_an_unknown_attempt_a_refused_connect_is_none() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&["--max-attempts", "3"]).await;
+    let a = app
+        .add_account(&mock, Acc::new("a", KEY_A).priority(0))
+        .await;
+    let b = app
+        .add_account(&mock, Acc::new("b", KEY_B).priority(1))
+        .await;
+    mock.script(KEY_A, [Step::Reset]);
+    let resp = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = app
+        .wait_events("2 usages", |e| {
+            usages(e).len() == 2 && finished(e).len() == 1
+        })
+        .await;
+    let u = usages(&events);
+    let per: Vec<_> = u
+        .iter()
+        .map(|u| (u.account.clone(), u.attempt, u.status, u.completeness))
+        .collect();
+    assert_eq!(
+        per,
+        [
+            (a, 1, 0, Completeness::Unknown),
+            (b, 2, 200, Completeness::Complete)
+        ]
+    );
+    assert_eq!(u[0].input_tokens + u[0].output_tokens, 0);
+    assert_eq!(finished(&events)[0].attempts, 2);
+
+    // A port nobody listens on: the connect fails, nothing went upstream.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let c = app
+        .add_account_at(&dead_url, Acc::new("c", KEY_C).priority(-1))
+        .await;
+    let resp = app.messages(&body(false)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = app
+        .wait_events("2 requests", |e| finished(e).len() == 2)
+        .await;
+    let second = finished(&events)[1];
+    assert_eq!(second.attempts, 2);
+    let u = usages(&events);
+    assert_eq!(u.len(), 3, "no usage for the attempt that never connected");
+    assert!(u.iter().all(|u| u.account != c));
+    assert_eq!((u[2].attempt, u[2].status), (2, 200));
+    app.stop().await;
+}

@@ -270,6 +270,33 @@ async fn spend_until_refused(app: &TestApp, key: &str) -> usize {
     }
 }
 
+/// The key's cost in the usage ledger once it holds `requests` requests.
+async fn ledger_cost(app: &TestApp, admin: &str, id: &str, requests: u64) -> rust_decimal::Decimal {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, usage) = app
+            .api(
+                "GET",
+                &format!("/api/v1/usage?granularity=total&api_key={id}&from=2020-01-01"),
+                Some(admin),
+                None,
+            )
+            .await;
+        if usage["items"][0]["requests"].as_u64() == Some(requests) {
+            return usage["items"][0]["cost"]
+                .as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ledger never caught up: {usage}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 async fn total_cost(app: &TestApp, token: &str, key_id: &str) -> Value {
     let (_, usage) = app
         .api(
@@ -312,29 +339,7 @@ async fn a_total_budget_holds_under_concurrency_and_agrees_with_the_usage_api() 
     ok += spend_until_refused(&app, &key).await;
     let budget: rust_decimal::Decimal = budget.parse().unwrap();
     // The ledger has every served request.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let spent = loop {
-        let (_, usage) = app
-            .api(
-                "GET",
-                &format!("/api/v1/usage?granularity=total&api_key={id}&from=2020-01-01"),
-                Some(&admin),
-                None,
-            )
-            .await;
-        if usage["items"][0]["requests"].as_u64() == Some(ok as u64) {
-            break usage["items"][0]["cost"]
-                .as_str()
-                .unwrap()
-                .parse::<rust_decimal::Decimal>()
-                .unwrap();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ledger never caught up: {usage}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let spent = ledger_cost(&app, &admin, &id, ok as u64).await;
     assert!(spent <= budget, "spent {spent} of a {budget} budget");
     let (_, limits) = app
         .api(
@@ -630,4 +635,53 @@ async fn a_limit_far_from_reached_refuses_nothing_under_concurrency() {
             );
         }
     }
+}
+
+/// Web searches are billed per use on top of tokens ($0.01 each): a burst of requests
+/// that each allow two searches must not overspend a budget that their tokens alone
+/// would fit many times over. The reservation holds the searches too.
+#[tokio::test]
+async fn a_budget_reserves_the_web_searches_a_request_allows() {
+    let mock = MockUpstream::start().await;
+    let app = spawn_app(&["--projectors", "on"]).await;
+    let budget: rust_decimal::Decimal = "0.20".parse().unwrap();
+    let (admin, id, key) =
+        limited(&app, &mock, json!({"total_budget_usd": budget.to_string()})).await;
+    let searching = json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "What is new today?"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]
+    });
+    assert_eq!(
+        bench::mock::expected_usage(&searching).web_search_requests,
+        2
+    );
+    let sends = (0..20).map(|_| app.messages_as(&key, &searching).send());
+    let mut ok = 0u64;
+    for r in futures::future::join_all(sends).await {
+        match r.unwrap().status().as_u16() {
+            200 => ok += 1,
+            402 => {}
+            s => panic!("unexpected {s}"),
+        }
+    }
+    // Each costs about $0.03 (two searches and their results' tokens) and reserves
+    // about $0.08: two fit in $0.20 at once (more as earlier ones settle). Reserving
+    // tokens alone (under $0.001 each) would let all 20 through, $0.58.
+    assert!(ok < 20, "{ok} of 20 served");
+    // Then one at a time until refused.
+    loop {
+        let r = app.messages_as(&key, &searching).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            402 => break,
+            s => panic!("unexpected {s}"),
+        }
+        assert!(ok < 20, "the budget never ran out");
+    }
+    let spent = ledger_cost(&app, &admin, &id, ok).await;
+    assert!(
+        spent <= budget && ok >= 2,
+        "spent {spent} of a {budget} budget in {ok} requests"
+    );
 }

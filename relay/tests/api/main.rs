@@ -217,13 +217,18 @@ impl TestApp {
 
     /// Adds an upstream account pointing at `mock` and reloads the pool.
     pub async fn add_account(&self, mock: &MockUpstream, a: Acc<'_>) -> AccountId {
+        self.add_account_at(&mock.base_url(), a).await
+    }
+
+    /// Adds an upstream account at `base_url` and reloads the pool.
+    pub async fn add_account_at(&self, base_url: &str, a: Acc<'_>) -> AccountId {
         let id = self
             .state
             .accounts
             .add(NewAccount {
                 name: a.name.into(),
                 kind: a.kind,
-                base_url: mock.base_url(),
+                base_url: base_url.to_owned(),
                 credential: Secret::new(a.credential),
                 priority: a.priority,
                 weight: a.weight,
