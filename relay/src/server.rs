@@ -9,10 +9,14 @@
 //!   over the cap gets a canned Anthropic-shaped 503 and is closed at once;
 //! - a bound on request-head size; oversized heads and URIs are refused in Anthropic's
 //!   shape, never forwarded;
+//! - requests hyper cannot parse (a malformed request line or header) answered in
+//!   Anthropic's shape too ([`shaped`]): hyper writes those itself, with an empty body;
 //! - a shutdown that stops accepting, asks every connection to finish its request, and
 //!   ends after `SHUTDOWN_GRACE` whatever remains.
 //!
 //! The server takes an already-bound listener so tests bind `127.0.0.1:0`.
+
+mod shaped;
 
 use crate::app::AppState;
 use axum::extract::ConnectInfo;
@@ -212,8 +216,11 @@ pub async fn run(
         let closing = closing.clone();
         let max_header_bytes = options.max_header_bytes;
         connections.spawn(async move {
+            let dispatched = shaped::Dispatched::default();
+            let io = TokioIo::new(shaped::Shaped::new(stream, dispatched.clone()));
             let service =
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    dispatched.mark();
                     req.extensions_mut().insert(ConnectInfo(peer));
                     let app = app.clone();
                     async move {
@@ -223,7 +230,7 @@ pub async fn run(
                         app.oneshot(req.map(axum::body::Body::new)).await
                     }
                 });
-            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let conn = http.serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

@@ -254,3 +254,45 @@ async fn a_flood_of_wrong_keys_is_throttled_and_recorded_as_a_handful_of_events(
     let r = app.messages(&body(false)).send().await.unwrap();
     assert_eq!(r.status(), 429);
 }
+
+/// Requests hyper refuses before any handler runs (a malformed request line, a header
+/// line without a colon, an unsupported version) get Anthropic's shape, not an empty
+/// body; a good request on a fresh connection is untouched.
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_anthropic_shaped_errors() {
+    let app = spawn_app(&[]).await;
+    let addr = app.addr;
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
+            b"GET /health HTTP/9.9\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        ]
+        .map(|req| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(req).unwrap();
+            String::from_utf8(read_to_close(&mut s, Duration::from_secs(5)).unwrap()).unwrap()
+        })
+    })
+    .await
+    .unwrap();
+    for bad in &answers[..3] {
+        let (head, body) = bad.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 4") || head.starts_with("HTTP/1.1 505"),
+            "{bad}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {bad}"));
+        assert_eq!(v["type"], "error", "{bad}");
+        assert!(
+            v["error"]["type"].is_string() && v["error"]["message"].is_string(),
+            "{bad}"
+        );
+    }
+    assert!(answers[0].starts_with("HTTP/1.1 400 "), "{}", answers[0]);
+    assert!(answers[3].starts_with("HTTP/1.1 200 "), "{}", answers[3]);
+    assert!(!answers[3].contains("\"type\":\"error\""), "{}", answers[3]);
+    app.stop().await;
+}
