@@ -69,8 +69,24 @@ async fn a_connection_flood_is_refused_cheaply_and_health_keeps_answering() {
     let app = spawn_app(&["--max-connections", "50", "--health-addr", &health]).await;
     let addr = app.addr;
     let (refused, held) = tokio::task::spawn_blocking(move || {
-        let held: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        std::thread::sleep(Duration::from_millis(200));
+        // Each held connection has been served once (keep-alive), so it holds a slot.
+        let held: Vec<TcpStream> = (0..50)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "closed before answering");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                assert!(head.starts_with(b"HTTP/1.1 200"));
+                s
+            })
+            .collect();
         let mut refused = 0;
         for _ in 0..20 {
             let mut s = TcpStream::connect(addr).unwrap();

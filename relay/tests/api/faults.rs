@@ -250,6 +250,8 @@ enum Fault {
     Kill9,
     /// JetStream away this long under load, no crash.
     Outage(Duration),
+    /// JetStream away this long under load, then SIGKILL of the relay and a restart.
+    OutageThenKill9(Duration),
 }
 
 /// What the clients saw.
@@ -267,8 +269,8 @@ struct Seen {
 struct Behaviour {
     /// Every n-th request streams (1: all).
     stream_every: u64,
-    /// Streams are abandoned after the first chunk (the client goes away).
-    abandon: bool,
+    /// Streams are abandoned after this many body chunks (the client goes away).
+    abandon_after: Option<usize>,
 }
 
 async fn client(
@@ -280,7 +282,7 @@ async fn client(
 ) {
     let Behaviour {
         stream_every,
-        abandon,
+        abandon_after,
     } = how;
     let http = reqwest::Client::new();
     let mut n = 0u64;
@@ -314,9 +316,13 @@ async fn client(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        if stream && abandon {
+        if let (true, Some(k)) = (stream, abandon_after) {
             let mut resp = resp;
-            let _ = resp.chunk().await;
+            for _ in 0..k {
+                if !matches!(resp.chunk().await, Ok(Some(_))) {
+                    break;
+                }
+            }
             continue;
         }
         let Ok(text) = resp.text().await else {
@@ -409,7 +415,27 @@ fn index(events: &[Envelope]) -> (UsageIndex<'_>, HashMap<String, u32>) {
 
 #[tokio::test]
 async fn kill_9_under_load_loses_no_usage_and_counts_nothing_twice() {
-    kill_9_scenario(Backend::Embedded, Fault::Kill9).await;
+    kill_9_scenario(Backend::Embedded, Fault::Kill9, Mix::MIXED).await;
+}
+
+/// The first run: 50 streaming clients, `kill -9`, restart.
+#[tokio::test]
+async fn kill_9_under_50_streaming_clients_loses_no_usage() {
+    let mix = Mix {
+        clients: 50,
+        streaming: Streaming::All,
+    };
+    kill_9_scenario(Backend::Embedded, Fault::Kill9, mix).await;
+}
+
+/// The second run: 32 non-streaming clients, `kill -9`, restart.
+#[tokio::test]
+async fn kill_9_under_32_non_streaming_clients_loses_no_usage() {
+    let mix = Mix {
+        clients: 32,
+        streaming: Streaming::None,
+    };
+    kill_9_scenario(Backend::Embedded, Fault::Kill9, mix).await;
 }
 
 /// The log is away for 30 s under load, longer than the publisher's append timeout
@@ -420,6 +446,7 @@ async fn a_30_s_jetstream_outage_under_load_drains_with_nothing_lost() {
     kill_9_scenario(
         Backend::JetStream(Box::new(nats::testing::NatsServer::start().await)),
         Fault::Outage(Duration::from_secs(30)),
+        Mix::MIXED,
     )
     .await;
 }
@@ -429,16 +456,33 @@ async fn kill_9_during_a_jetstream_outage_loses_no_usage_and_counts_nothing_twic
     kill_9_scenario(
         Backend::JetStream(Box::new(nats::testing::NatsServer::start().await)),
         Fault::Kill9,
+        Mix::MIXED,
     )
     .await;
 }
 
-/// Upstream faults on the main account, one request in ten: refusals (429, 529), a
-/// 500, a stream that ends in an error event, a connection reset before the response
-/// head, and one cut after three events (non-streaming: reset). The rest answer.
+/// The third run: nats-server stopped for 20 s under load, the relay killed
+/// during the outage, then both back.
+#[tokio::test]
+async fn kill_9_after_20_s_of_jetstream_outage_loses_no_usage() {
+    kill_9_scenario(
+        Backend::JetStream(Box::new(nats::testing::NatsServer::start().await)),
+        Fault::OutageThenKill9(Duration::from_secs(20)),
+        Mix::MIXED,
+    )
+    .await;
+}
+
+/// Upstream faults on the main account, one request in ten: refusals (429, a
+/// subscription's 429 with its unified reset 2 s ahead, 529), a 500, a stream that
+/// ends in an error event, a connection reset before the response head, and one cut
+/// after three events (non-streaming: reset); and, from the 300th request, a storm of
+/// 30 529s in a row. The rest answer.
 fn upstream_faults(extra: &[Step]) -> Vec<Step> {
+    let reset = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 2;
     let faults = [
         Step::rate_limited(1),
+        Step::claim_rejected("five_hour", reset),
         Step::overloaded(),
         Step::server_error(),
         Step::MidStreamError {
@@ -452,7 +496,9 @@ fn upstream_faults(extra: &[Step]) -> Vec<Step> {
         .iter()
         .cloned()
         .chain((0..600).map(|i| {
-            if i % 10 == 9 {
+            if (300..330).contains(&i) {
+                Step::overloaded()
+            } else if i % 10 == 9 {
                 faults[(i / 10) % faults.len()].clone()
             } else {
                 Step::Ok
@@ -502,6 +548,29 @@ async fn paced_mock() -> MockUpstream {
     .unwrap()
 }
 
+/// Which clients stream.
+#[derive(Clone, Copy)]
+enum Streaming {
+    All,
+    None,
+    TwoThirds,
+}
+
+/// The load of a run.
+#[derive(Clone, Copy)]
+struct Mix {
+    clients: usize,
+    streaming: Streaming,
+}
+
+impl Mix {
+    /// 24 clients, two thirds streaming.
+    const MIXED: Mix = Mix {
+        clients: 24,
+        streaming: Streaming::TwoThirds,
+    };
+}
+
 /// Load clients and what they saw.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -510,16 +579,27 @@ struct Load {
 }
 
 impl Load {
-    /// 24 clients spread over `ports`: two thirds stream, two of those walk away after
-    /// the first chunk.
-    fn start(ports: &[u16], key: &str) -> Load {
+    /// `mix.clients` clients spread over `ports`.
+    fn start(ports: &[u16], key: &str, mix: Mix) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let clients = (0..24)
+        let clients = (0..mix.clients)
             .map(|i| {
+                let streams = match mix.streaming {
+                    Streaming::All => true,
+                    Streaming::None => false,
+                    Streaming::TwoThirds => i % 3 != 0,
+                };
+                // Three of the streaming clients walk away: after 1, 3 and 8 events.
+                let abandon_after = match (streams, i) {
+                    (true, 1) => Some(1),
+                    (true, 2) => Some(3),
+                    (true, 4) => Some(8),
+                    _ => None,
+                };
                 let how = Behaviour {
-                    stream_every: if i % 3 == 0 { 1_000_000 } else { 1 },
-                    abandon: i == 1 || i == 2,
+                    stream_every: if streams { 1 } else { u64::MAX },
+                    abandon_after,
                 };
                 let port = ports[i % ports.len()];
                 tokio::spawn(client(
@@ -559,7 +639,7 @@ impl Load {
 
 /// Load, then (JetStream) the log goes away while the load goes on, then `kill -9`,
 /// then (JetStream) the log comes back and the relay restarts.
-async fn kill_9_scenario(mut backend: Backend, fault: Fault) {
+async fn kill_9_scenario(mut backend: Backend, fault: Fault, mix: Mix) {
     let mock = paced_mock().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -567,19 +647,19 @@ async fn kill_9_scenario(mut backend: Backend, fault: Fault) {
     let key = provision(&data, &env, &mock, upstream_faults(&[]));
     let port = free_port();
     let served = Proc::serve(&data, &env, port).await;
-    let load = Load::start(&[port], &key);
+    let load = Load::start(&[port], &key, mix);
     // Load until a good number of responses completed, then the fault.
     load.completed(300).await;
     if let Backend::JetStream(n) = &mut backend {
         // The log goes away; the relay keeps serving (its events wait in the journal).
         n.stop().await;
         load.completed(600).await;
-        if let Fault::Outage(d) = fault {
+        if let Fault::Outage(d) | Fault::OutageThenKill9(d) = fault {
             tokio::time::sleep(d).await;
         }
     }
     let served = match fault {
-        Fault::Kill9 => {
+        Fault::Kill9 | Fault::OutageThenKill9(_) => {
             served.kill9();
             None
         }
@@ -596,12 +676,26 @@ async fn kill_9_scenario(mut backend: Backend, fault: Fault) {
         Some(s) => s,
         None => Proc::serve(&data, &env, port).await,
     };
+    let clients = format!(
+        "{} clients, {}",
+        mix.clients,
+        match mix.streaming {
+            Streaming::All => "all streaming",
+            Streaming::None => "none streaming",
+            Streaming::TwoThirds => "two thirds streaming",
+        }
+    );
     let label = match (&backend, fault) {
-        (Backend::Embedded, _) => "kill -9, embedded".to_owned(),
-        (Backend::JetStream(_), Fault::Kill9) => "kill -9 during a JetStream outage".to_owned(),
-        (Backend::JetStream(_), Fault::Outage(d)) => format!("JetStream away {d:?}"),
+        (Backend::Embedded, _) => format!("kill -9, embedded, {clients}"),
+        (Backend::JetStream(_), Fault::Kill9) => {
+            format!("kill -9 during a JetStream outage, {clients}")
+        }
+        (Backend::JetStream(_), Fault::OutageThenKill9(d)) => {
+            format!("JetStream away {d:?}, then kill -9, {clients}")
+        }
+        (Backend::JetStream(_), Fault::Outage(d)) => format!("JetStream away {d:?}, {clients}"),
     };
-    let crashed = matches!(fault, Fault::Kill9);
+    let crashed = !matches!(fault, Fault::Outage(_));
     verify(
         &backend,
         &data,
@@ -647,7 +741,7 @@ async fn scale_mode_processes_survive_projector_kill_postgres_restart_and_relay_
     let r2 = Proc::serve(&dirs[1], &env, ports[1]).await;
     let proj_dir = tmp.path().join("projector");
     let projector = Proc::project(&proj_dir, &env);
-    let load = Load::start(&ports, &key);
+    let load = Load::start(&ports, &key, Mix::MIXED);
     let started = Instant::now();
 
     load.completed(200).await;
