@@ -1160,14 +1160,28 @@ async fn a_growing_spool_and_quarantine_are_alerted_once_each_and_never_again() 
 }
 
 #[tokio::test]
-async fn each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them() {
+async fn each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them_on_sqlite() {
+    each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them(None).await;
+}
+
+#[tokio::test]
+async fn each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them_on_postgresql() {
+    let db = crate::admin::PgDb::new().await;
+    each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them(Some(db.url.clone()))
+        .await;
+    db.drop_db().await;
+}
+
+async fn each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them(
+    database_url: Option<String>,
+) {
     let mock = MockUpstream::start().await;
     let operator = Receiver::start().await;
     let alices = Receiver::start().await;
     let bobs = Receiver::start().await;
     let mut flags = vec!["--notifier", "off", "--notify-digest-hour", "0"];
     flags.extend(FAST);
-    let app = spawn_app(&flags).await;
+    let app = spawn_app_on(database_url, &flags).await;
     app.add_account(&mock, Acc::new("a", KEY_A)).await;
     let admin = app.login("admin", ADMIN_PASSWORD).await;
     let mut keys = Vec::new();
