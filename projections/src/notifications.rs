@@ -8,12 +8,26 @@
 //!   degraded) are not notices;
 //! - `admin.action` `account.token_refresh_failed` (an OAuth refresh failed);
 //! - `admin.action` `budget.threshold_crossed` (a key's or a tenant's budget passed 50,
-//!   80 or 100 %).
+//!   80 or 100 %);
+//! - `admin.action` `ops.spool_growing`, `ops.quarantine_grew`,
+//!   `ops.projector_lagging` and `ops.recovered` (a relay's publisher or the
+//!   projectors are in trouble, or fine again).
 //!
-//! Account notices are for the operator only; budget notices also reach the tenant
-//! they are about. The outbox holds no delivery state: what was sent to whom lives in
-//! the relay's `notification_deliveries`, which a rebuild of this projection does not
-//! touch, so a replay re-creates identical rows and sends nothing again.
+//! Account and ops notices are for the operator only; budget notices and daily digests
+//! also reach the tenant they are about. The outbox holds no delivery state: what was
+//! sent to whom lives in the relay's `notification_deliveries`, which a rebuild of
+//! this projection does not touch, so a replay re-creates identical rows and sends
+//! nothing again.
+//!
+//! Rows the relay writes itself: an ops alert cannot wait for the log (the log may be
+//! what is failing), so the relay also writes its row directly, built by the same
+//! [`outbox_row`] from the same envelope (the event's id is deterministic), at position
+//! 0; when the event arrives here its insert is ignored. The daily digest
+//! (`digest.daily`) is not an event: the relay writes it directly, keyed by tenant and
+//! day. Rows at position 0 are the relay's, not this projection's, so [`reset`] keeps
+//! them.
+//!
+//! [`reset`]: crate::runner::Projection::reset
 
 use crate::runner::Projection;
 use crate::sql::{self, i, opt, wire_name};
@@ -53,14 +67,22 @@ impl Audience {
 }
 
 /// Every kind of notice, with its audience.
-pub const KINDS: [(&str, Audience); 6] = [
+pub const KINDS: [(&str, Audience); 11] = [
     ("account.rate_limited", Audience::Operator),
     ("account.banned", Audience::Operator),
     ("account.unauthorized", Audience::Operator),
     ("account.recovered", Audience::Operator),
     ("account.token_refresh_failed", Audience::Operator),
     ("budget.threshold_crossed", Audience::Tenant),
+    ("ops.spool_growing", Audience::Operator),
+    ("ops.quarantine_grew", Audience::Operator),
+    ("ops.projector_lagging", Audience::Operator),
+    ("ops.recovered", Audience::Operator),
+    (DIGEST_KIND, Audience::Tenant),
 ];
+
+/// The kind of the daily usage digest the relay writes per tenant and day.
+pub const DIGEST_KIND: &str = "digest.daily";
 
 /// The audience of a kind (`None` for an unknown kind).
 pub fn audience_of(kind: &str) -> Option<Audience> {
@@ -182,6 +204,32 @@ pub fn notice_of(env: &Envelope) -> Option<Notice> {
                     details,
                 })
             }
+            verb @ (AdminVerb::OpsSpoolGrowing
+            | AdminVerb::OpsQuarantineGrew
+            | AdminVerb::OpsProjectorLagging
+            | AdminVerb::OpsRecovered) => {
+                let (severity, title) = match verb {
+                    AdminVerb::OpsSpoolGrowing => {
+                        ("warning", format!("Event spool growing ({})", a.target))
+                    }
+                    AdminVerb::OpsQuarantineGrew => {
+                        ("critical", format!("Events quarantined ({})", a.target))
+                    }
+                    AdminVerb::OpsProjectorLagging => {
+                        ("warning", format!("Projectors lagging ({})", a.target))
+                    }
+                    _ => ("info", format!("Recovered ({})", a.target)),
+                };
+                let mut details = BTreeMap::new();
+                details.insert("target", a.target.clone().into());
+                Some(Notice {
+                    kind: verb.as_str(),
+                    severity,
+                    title,
+                    message: a.summary.clone(),
+                    details,
+                })
+            }
             _ => None,
         },
         Event::RequestFinished(_) | Event::UsageRecorded(_) | Event::AuthFailed(_) => None,
@@ -196,6 +244,105 @@ fn percent_in(summary: &str) -> Option<u32> {
 
 pub(crate) const OUTBOX_COLUMNS: &str = "event_id, position, occurred_at_ms, kind, severity, \
     audience, tenant, api_key, account, title, message, details";
+
+/// One outbox row, log position aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The event id (or, for a digest, the id the relay derived).
+    pub event_id: String,
+    /// When it happened (ms since the epoch).
+    pub occurred_at_ms: i64,
+    /// One of [`KINDS`].
+    pub kind: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// [`Audience::as_str`].
+    pub audience: String,
+    /// The tenant it is about, or empty.
+    pub tenant: String,
+    /// The key it is about, or empty.
+    pub api_key: String,
+    /// The account it is about, or empty.
+    pub account: String,
+    /// One line.
+    pub title: String,
+    /// A sentence or two.
+    pub message: String,
+    /// Kind-specific facts, a JSON object.
+    pub details: String,
+}
+
+impl OutboxRow {
+    /// A row from its parts; the audience follows from the kind.
+    pub fn new(id: String, occurred_at_ms: i64, n: Notice, tenant: String) -> Self {
+        Self {
+            event_id: id,
+            occurred_at_ms,
+            kind: n.kind.to_owned(),
+            severity: n.severity.to_owned(),
+            audience: audience_of(n.kind)
+                .unwrap_or(Audience::Operator)
+                .as_str()
+                .to_owned(),
+            tenant,
+            api_key: String::new(),
+            account: String::new(),
+            title: n.title,
+            message: n.message,
+            details: serde_json::to_string(&n.details).unwrap_or_default(),
+        }
+    }
+}
+
+/// The row an event gives, if any. Pure: the projection and the relay (for the rows
+/// it writes directly) build identical rows from the same envelope.
+pub fn outbox_row(env: &Envelope) -> Option<OutboxRow> {
+    let n = notice_of(env)?;
+    let account = env
+        .account
+        .as_ref()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            n.details
+                .get("account")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let mut row = OutboxRow::new(
+        env.id.to_string(),
+        env.occurred_at.timestamp_millis(),
+        n,
+        opt(env.tenant.as_ref()),
+    );
+    row.api_key = opt(env.api_key.as_ref());
+    row.account = account;
+    Some(row)
+}
+
+/// Writes a row the relay made itself (position 0; see the module docs). Returns
+/// whether it was new.
+pub async fn insert_direct(tx: &mut AnyConnection, row: &OutboxRow) -> Result<bool, Error> {
+    let done = sqlx::query(&format!(
+        "INSERT INTO notification_outbox ({OUTBOX_COLUMNS}) \
+         VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (event_id) DO NOTHING"
+    ))
+    .bind(row.event_id.clone())
+    .bind(row.occurred_at_ms)
+    .bind(row.kind.clone())
+    .bind(row.severity.clone())
+    .bind(row.audience.clone())
+    .bind(row.tenant.clone())
+    .bind(row.api_key.clone())
+    .bind(row.account.clone())
+    .bind(row.title.clone())
+    .bind(row.message.clone())
+    .bind(row.details.clone())
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
 
 #[async_trait::async_trait]
 impl Projection for NotificationsProjection {
@@ -213,11 +360,11 @@ impl Projection for NotificationsProjection {
         events: &[StoredEvent],
     ) -> Result<(), Error> {
         let mut seen = HashSet::new();
-        let mut rows: Vec<(&StoredEvent, Notice)> = Vec::new();
+        let mut rows: Vec<(&StoredEvent, OutboxRow)> = Vec::new();
         for e in events {
-            if let Some(n) = notice_of(&e.envelope) {
+            if let Some(r) = outbox_row(&e.envelope) {
                 if seen.insert(e.envelope.id) {
-                    rows.push((e, n));
+                    rows.push((e, r));
                 }
             }
         }
@@ -229,33 +376,20 @@ impl Projection for NotificationsProjection {
                 params.values(chunk.len(), 12)
             );
             let mut q = sqlx::query(&text);
-            for (e, n) in chunk {
-                let env = &e.envelope;
-                let audience = audience_of(n.kind).unwrap_or(Audience::Operator);
-                let account = env
-                    .account
-                    .as_ref()
-                    .map(|a| a.to_string())
-                    .or_else(|| {
-                        n.details
-                            .get("account")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_default();
+            for (e, r) in chunk {
                 q = q
-                    .bind(env.id.to_string())
+                    .bind(r.event_id.clone())
                     .bind(i(e.position))
-                    .bind(env.occurred_at.timestamp_millis())
-                    .bind(n.kind.to_owned())
-                    .bind(n.severity.to_owned())
-                    .bind(audience.as_str().to_owned())
-                    .bind(opt(env.tenant.as_ref()))
-                    .bind(opt(env.api_key.as_ref()))
-                    .bind(account)
-                    .bind(n.title.clone())
-                    .bind(n.message.clone())
-                    .bind(serde_json::to_string(&n.details).unwrap_or_default());
+                    .bind(r.occurred_at_ms)
+                    .bind(r.kind.clone())
+                    .bind(r.severity.clone())
+                    .bind(r.audience.clone())
+                    .bind(r.tenant.clone())
+                    .bind(r.api_key.clone())
+                    .bind(r.account.clone())
+                    .bind(r.title.clone())
+                    .bind(r.message.clone())
+                    .bind(r.details.clone());
             }
             q.execute(&mut *tx).await?;
         }
@@ -263,7 +397,8 @@ impl Projection for NotificationsProjection {
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query("DELETE FROM notification_outbox")
+        // Rows at position 0 are the relay's own (module docs): a rebuild keeps them.
+        sqlx::query("DELETE FROM notification_outbox WHERE position > 0")
             .execute(&mut *tx)
             .await?;
         Ok(())
@@ -404,7 +539,30 @@ mod tests {
     }
 
     #[test]
+    fn ops_actions_become_operator_notices_with_the_events_id() {
+        for (verb, severity) in [
+            (AdminVerb::OpsSpoolGrowing, "warning"),
+            (AdminVerb::OpsQuarantineGrew, "critical"),
+            (AdminVerb::OpsProjectorLagging, "warning"),
+            (AdminVerb::OpsRecovered, "info"),
+        ] {
+            let mut env = admin(verb, "spool:relay-1", "the spool holds 1500 events");
+            env.id = Uuid::from_u128(7);
+            let row = outbox_row(&env).unwrap();
+            assert_eq!(row.kind, verb.as_str());
+            assert_eq!(row.severity, severity, "{verb:?}");
+            assert_eq!(row.audience, "operator");
+            assert_eq!(row.event_id, Uuid::from_u128(7).to_string());
+            assert_eq!(row.message, "the spool holds 1500 events");
+            assert_eq!(row.details, r#"{"target":"spool:relay-1"}"#);
+            assert_eq!(outbox_row(&env), Some(row), "pure");
+        }
+    }
+
+    #[test]
     fn every_kind_has_an_audience() {
+        assert_eq!(audience_of("ops.spool_growing"), Some(Audience::Operator));
+        assert_eq!(audience_of(DIGEST_KIND), Some(Audience::Tenant));
         assert_eq!(audience_of("account.banned"), Some(Audience::Operator));
         assert_eq!(
             audience_of("budget.threshold_crossed"),

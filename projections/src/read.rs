@@ -240,7 +240,19 @@ pub async fn usage_totals(db: &AnyPool, f: &UsageFilter) -> Result<Vec<UsageRow>
     }
     Ok(out
         .into_iter()
-        .map(|((period, tenant, api_key, account, model), s)| UsageRow {
+        .map(|((period, tenant, api_key, account, model), s)| {
+            UsageRow::of_sums(period, [tenant, api_key, account, model], &s)
+        })
+        .collect())
+}
+
+impl UsageRow {
+    /// A row from its period, its dimensions (tenant, key, account, model; empty:
+    /// none) and its sums (requests, the five token kinds, cost in nanodollars,
+    /// fallback-priced requests).
+    fn of_sums(period: String, dims: [String; 4], s: &[i64; 8]) -> Self {
+        let [tenant, api_key, account, model] = dims;
+        UsageRow {
             period,
             tenant: none_if_empty(tenant),
             api_key: none_if_empty(api_key),
@@ -255,8 +267,48 @@ pub async fn usage_totals(db: &AnyPool, f: &UsageFilter) -> Result<Vec<UsageRow>
             cost: nanos_to_usd(s[6]),
             cost_nanos: s[6],
             fallback_requests: u(s[7]),
-        })
-        .collect())
+        }
+    }
+}
+
+/// Usage per tenant between two instants (`[from, to)`, exact: any zone's day, DST
+/// included), one row per tenant that had usage, labelled `period`, ordered by
+/// tenant. Usage without a tenant is left out. For the daily digest: it scans the
+/// ledger rows of the range, once a day.
+pub async fn tenant_usage_between(
+    db: &AnyPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    period: &str,
+) -> Result<Vec<UsageRow>, Error> {
+    let rows = sqlx::query(
+        "SELECT tenant, CAST(COUNT(*) AS BIGINT), \
+         CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
+         CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_5m_tokens) AS BIGINT), \
+         CAST(SUM(cache_write_1h_tokens) AS BIGINT), CAST(SUM(cost_nanos) AS BIGINT), \
+         CAST(SUM(priced_by_fallback) AS BIGINT) \
+         FROM usage_ledger WHERE occurred_at_ms >= $1 AND occurred_at_ms < $2 \
+         AND tenant <> '' GROUP BY tenant ORDER BY tenant",
+    )
+    .bind(from.timestamp_millis())
+    .bind(to.timestamp_millis())
+    .fetch_all(db)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut s = [0i64; 8];
+        for (k, v) in s.iter_mut().enumerate() {
+            *v = row.try_get::<Option<i64>, _>(1 + k)?.unwrap_or(0);
+        }
+        let tenant: String = row.try_get(0)?;
+        let none = String::new;
+        out.push(UsageRow::of_sums(
+            period.to_owned(),
+            [tenant, none(), none(), none()],
+            &s,
+        ));
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- account status

@@ -367,6 +367,18 @@ admin_verbs! {
     NotificationTargetDelete = "notification_target.delete",
     /// A test message was sent to a notification target.
     NotificationTargetTest = "notification_target.test",
+    /// A relay process's publisher spool passed its alert threshold: the event log
+    /// has been unreachable for a while (one event per episode, deterministic id).
+    OpsSpoolGrowing = "ops.spool_growing",
+    /// Events the log refused for good were set aside in a relay process's
+    /// quarantine (one event per episode, deterministic id).
+    OpsQuarantineGrew = "ops.quarantine_grew",
+    /// The projectors fell behind the log beyond the alert threshold, or stopped
+    /// moving while behind (one event per episode, deterministic id).
+    OpsProjectorLagging = "ops.projector_lagging",
+    /// A spool backlog drained or the projectors caught up again, ending an episode
+    /// announced by one of the `ops.*` verbs above.
+    OpsRecovered = "ops.recovered",
 }
 
 impl AdminAction {

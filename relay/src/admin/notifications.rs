@@ -93,7 +93,8 @@ pub(super) struct CreateTargetBody {
     /// Webhook: the signing secret (required). Feishu, DingTalk: the signing secret
     /// (optional). Telegram: the bot token (required). Stored sealed, never shown.
     secret: Option<String>,
-    /// Event filters: `account.*`, `budget.*`, `budget.threshold_crossed`, `*`, …
+    /// Event filters: `account.*`, `budget.*`, `budget.threshold_crossed`, `ops.*`,
+    /// `digest.daily`, `*`, …
     events: Vec<String>,
     /// Administrators: the tenant whose alerts the target receives (absent: an
     /// operator target). Users: absent or their own tenant.

@@ -193,6 +193,9 @@ pub enum NotifyStoreError {
     /// A sealed value would not open.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// A read model (projector lag, usage) could not be read.
+    #[error(transparent)]
+    ReadModel(#[from] projections::Error),
 }
 
 impl NotifyStore {

@@ -2,17 +2,22 @@
 //! (one per receiving target, rate-limited), and sends the due ones. The IO lives
 //! here; the decisions are in [`super::route`], [`super::retry`] and [`super::payload`].
 
+use super::digest;
+use super::ops::OpsAlerts;
 use super::payload::{self, Alert, Destination};
 use super::retry::{Next, RetryPolicy};
 use super::route::{receives, Route, Subject};
 use super::store::{NotifyStore, NotifyStoreError, Target};
+use super::watch::LagWatch;
 use super::NotifyConfig;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono_tz::Tz;
 use futures::StreamExt;
-use projections::notifications::Audience;
+use ingest::EventLog;
+use projections::notifications::{Audience, OutboxRow};
 use sqlx::Row;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -153,6 +158,125 @@ fn describe(e: reqwest::Error) -> String {
     s
 }
 
+/// Deliveries queued per target in the minute before `now`, for the rate limit.
+async fn recent_deliveries(
+    db: &sqlx::AnyPool,
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, u32>, NotifyStoreError> {
+    let mut recent: HashMap<String, u32> = HashMap::new();
+    for r in sqlx::query(
+        "SELECT target_id, COUNT(*) AS n FROM notification_deliveries \
+         WHERE created_at_ms > $1 AND status <> 'dropped' AND kind <> 'test' \
+         GROUP BY target_id",
+    )
+    .bind(now.timestamp_millis() - 60_000)
+    .fetch_all(db)
+    .await?
+    {
+        let n: i64 = r.try_get("n")?;
+        recent.insert(
+            r.try_get("target_id")?,
+            u32::try_from(n).unwrap_or(u32::MAX),
+        );
+    }
+    Ok(recent)
+}
+
+/// Writes one delivery row per target that receives `subject` (`dropped` over a
+/// target's rate limit); an existing row for the same alert and target stays as it is.
+async fn queue(
+    tx: &mut sqlx::AnyConnection,
+    targets: &[(Target, Destination)],
+    event_id: &str,
+    subject: &Subject<'_>,
+    recent: &mut HashMap<String, u32>,
+    now: DateTime<Utc>,
+) -> Result<(), NotifyStoreError> {
+    for (t, _) in targets {
+        let route = Route {
+            tenant: t.tenant.as_deref(),
+            events: &t.events,
+            created_at_ms: t.created_at.timestamp_millis(),
+        };
+        if !receives(&route, subject) {
+            continue;
+        }
+        let n = recent.entry(t.id.clone()).or_default();
+        let admitted = t.rate_limit_per_minute == 0 || *n < t.rate_limit_per_minute;
+        let (status, error) = if admitted {
+            *n += 1;
+            ("pending", String::new())
+        } else {
+            (
+                "dropped",
+                format!(
+                    "rate limit: more than {} per minute",
+                    t.rate_limit_per_minute
+                ),
+            )
+        };
+        sqlx::query(
+            "INSERT INTO notification_deliveries (event_id, target_id, tenant, kind, \
+             status, attempts, created_at_ms, next_attempt_at_ms, last_error) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7) \
+             ON CONFLICT (event_id, target_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(&t.id)
+        .bind(t.tenant.clone().unwrap_or_default())
+        .bind(subject.kind)
+        .bind(status)
+        .bind(now.timestamp_millis())
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes rows the relay makes itself (ops alerts, digests) into the outbox at
+/// position 0, where the notifier's cursor does not look, and queues their deliveries
+/// to the enabled targets in the same transaction, together with `extra` (e.g. a
+/// cursor update). A row already there (from the event, or an earlier try) stays;
+/// deliveries are keyed by (id, target), so nothing is queued twice.
+pub async fn write_direct(
+    store: &NotifyStore,
+    rows: &[OutboxRow],
+    now: DateTime<Utc>,
+    extra: Option<(&str, i64)>,
+) -> Result<(), NotifyStoreError> {
+    let db = store.db();
+    let targets = store.enabled().await?;
+    let mut recent = recent_deliveries(db, now).await?;
+    let mut tx = db.begin().await?;
+    for row in rows {
+        projections::notifications::insert_direct(&mut tx, row).await?;
+        let subject = Subject {
+            kind: &row.kind,
+            audience: if row.audience == Audience::Tenant.as_str() {
+                Audience::Tenant
+            } else {
+                Audience::Operator
+            },
+            tenant: (!row.tenant.is_empty()).then_some(row.tenant.as_str()),
+            occurred_at_ms: row.occurred_at_ms,
+        };
+        queue(&mut tx, &targets, &row.event_id, &subject, &mut recent, now).await?;
+    }
+    if let Some((name, position)) = extra {
+        sqlx::query(
+            "INSERT INTO notifier_cursor (name, position) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 fn alert_of(r: &sqlx::any::AnyRow) -> Result<Alert, sqlx::Error> {
     let opt = |s: String| (!s.is_empty()).then_some(s);
     let details: String = r.try_get("details")?;
@@ -181,6 +305,16 @@ struct Job {
     queued_ms: i64,
 }
 
+/// What the lease holder watches besides the outbox.
+pub struct Sources {
+    /// The event log, for the projectors' lag.
+    pub log: Arc<dyn EventLog>,
+    /// Writes ops alerts.
+    pub alerts: OpsAlerts,
+    /// The zone of the daily digest's days (`BILLING_TIMEZONE`); `None`: no digest.
+    pub digest_tz: Option<Tz>,
+}
+
 /// The delivery worker.
 pub struct Notifier {
     /// Targets and deliveries.
@@ -193,6 +327,22 @@ pub struct Notifier {
     poll: Duration,
     /// Lease holder name, unique per process.
     holder: String,
+    /// The log, the ops alerts, the digest's zone.
+    sources: Sources,
+    /// The projector lag watch (the lease holder's).
+    lag: Mutex<LagWatch>,
+    /// The lag alert threshold, for the text.
+    lag_events: u64,
+    /// The local hour after which yesterday's digest is made.
+    digest_hour: u32,
+    /// The log head the usage projection must reach before due digests are made
+    /// (read when they became due).
+    digest_head: Mutex<Option<u64>>,
+}
+
+/// A lock that outlives a panic elsewhere (the data is a plain state machine).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Notifier {
@@ -201,6 +351,7 @@ impl Notifier {
         store: NotifyStore,
         egress: crate::egress::EgressPolicy,
         config: &NotifyConfig,
+        sources: Sources,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             store,
@@ -208,6 +359,14 @@ impl Notifier {
             retry: config.retry(),
             poll: config.poll(),
             holder: format!("notifier-{}", uuid::Uuid::now_v7().simple()),
+            sources,
+            lag: Mutex::new(LagWatch::new(
+                config.notify_lag_events,
+                Duration::from_secs(config.notify_lag_secs),
+            )),
+            lag_events: config.notify_lag_events,
+            digest_hour: config.notify_digest_hour,
+            digest_head: Mutex::new(None),
         })
     }
 
@@ -233,8 +392,28 @@ impl Notifier {
         projections::release_lease(&db, LEASE, &self.holder).await;
     }
 
-    /// One pass: queue new outbox rows for their targets, then send what is due.
+    /// One pass: watch the projectors' lag, make due digests, queue new outbox rows
+    /// for their targets, then send what is due. `now` decides what is due (a test
+    /// may pass tomorrow); attempts are stamped with the clock.
     pub async fn pass(&self, now: DateTime<Utc>) -> Result<(), NotifyStoreError> {
+        let db = self.store.db();
+        match projections::read::lag(
+            db,
+            self.sources.log.as_ref(),
+            &projections::PROJECTION_NAMES,
+        )
+        .await
+        {
+            Ok(lag) => {
+                if let Err(e) = self.watch_lag(now, &lag).await {
+                    tracing::warn!(error = %e, "cannot write a projector lag alert");
+                }
+                if let Err(e) = self.digests(now, &lag).await {
+                    tracing::warn!(error = %e, "cannot make the daily digests");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "projector lag unknown"),
+        }
         let targets = self.store.enabled().await?;
         if targets.is_empty() {
             // Nothing to send to; the cursor catches up when a target appears (rows
@@ -243,6 +422,73 @@ impl Notifier {
         }
         while self.enqueue(&targets, now).await? {}
         self.deliver_due(&targets, now).await
+    }
+
+    /// Feeds the lag watch; raises its notice when it changed.
+    async fn watch_lag(
+        &self,
+        now: DateTime<Utc>,
+        lag: &[projections::read::ProjectionLag],
+    ) -> Result<(), NotifyStoreError> {
+        let changed = lock(&self.lag).observe(now, &super::ops::readings(lag));
+        if let Some((change, summary)) = changed {
+            self.sources
+                .alerts
+                .lag_changed(now, change, &summary, self.lag_events)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the digests of the days that are due, once the usage projection has
+    /// applied what the log held when they became due. Each day's rows, their
+    /// deliveries and the digest cursor are written in one transaction.
+    async fn digests(
+        &self,
+        now: DateTime<Utc>,
+        lag: &[projections::read::ProjectionLag],
+    ) -> Result<(), NotifyStoreError> {
+        let Some(tz) = self.sources.digest_tz else {
+            return Ok(());
+        };
+        let db = self.store.db();
+        let done = sqlx::query("SELECT position FROM notifier_cursor WHERE name = 'digest'")
+            .fetch_optional(db)
+            .await?
+            .map(|r| r.try_get::<i64, _>("position"))
+            .transpose()?
+            .and_then(|n| i32::try_from(n).ok())
+            .and_then(NaiveDate::from_num_days_from_ce_opt);
+        let days = digest::due_days(now, tz, self.digest_hour, done);
+        if days.is_empty() {
+            return Ok(());
+        }
+        let Some(usage) = lag.iter().find(|l| l.projection == "usage") else {
+            return Ok(());
+        };
+        let wait_for = *lock(&self.digest_head).get_or_insert(usage.head);
+        if usage.checkpoint < wait_for {
+            return Ok(());
+        }
+        for day in days {
+            let (from, to) = digest::day_bounds(day, tz);
+            let rows: Vec<OutboxRow> =
+                projections::read::tenant_usage_between(db, from, to, &day.to_string())
+                    .await?
+                    .iter()
+                    .map(|u| digest::digest_row(day, tz, u))
+                    .collect();
+            write_direct(
+                &self.store,
+                &rows,
+                now,
+                Some(("digest", i64::from(day.num_days_from_ce()))),
+            )
+            .await?;
+            tracing::info!(%day, tenants = rows.len(), "daily digests made");
+        }
+        *lock(&self.digest_head) = None;
+        Ok(())
     }
 
     /// Turns the next page of outbox rows into delivery rows and moves the cursor past
@@ -270,24 +516,7 @@ impl Notifier {
             return Ok(false);
         };
         let last: i64 = last.try_get("position")?;
-        let now_ms = now.timestamp_millis();
-        // Deliveries queued per target in the last minute, for the rate limit.
-        let mut recent: HashMap<String, u32> = HashMap::new();
-        for r in sqlx::query(
-            "SELECT target_id, COUNT(*) AS n FROM notification_deliveries \
-             WHERE created_at_ms > $1 AND status <> 'dropped' AND kind <> 'test' \
-             GROUP BY target_id",
-        )
-        .bind(now_ms - 60_000)
-        .fetch_all(db)
-        .await?
-        {
-            let n: i64 = r.try_get("n")?;
-            recent.insert(
-                r.try_get("target_id")?,
-                u32::try_from(n).unwrap_or(u32::MAX),
-            );
-        }
+        let mut recent = recent_deliveries(db, now).await?;
         let mut tx = db.begin().await?;
         for r in &rows {
             let event_id: String = r.try_get("event_id")?;
@@ -304,45 +533,7 @@ impl Notifier {
                 tenant: (!owner.is_empty()).then_some(owner.as_str()),
                 occurred_at_ms: r.try_get("occurred_at_ms")?,
             };
-            for (t, _) in targets {
-                let route = Route {
-                    tenant: t.tenant.as_deref(),
-                    events: &t.events,
-                    created_at_ms: t.created_at.timestamp_millis(),
-                };
-                if !receives(&route, &subject) {
-                    continue;
-                }
-                let n = recent.entry(t.id.clone()).or_default();
-                let admitted = t.rate_limit_per_minute == 0 || *n < t.rate_limit_per_minute;
-                let (status, error) = if admitted {
-                    *n += 1;
-                    ("pending", String::new())
-                } else {
-                    (
-                        "dropped",
-                        format!(
-                            "rate limit: more than {} per minute",
-                            t.rate_limit_per_minute
-                        ),
-                    )
-                };
-                sqlx::query(
-                    "INSERT INTO notification_deliveries (event_id, target_id, tenant, kind, \
-                     status, attempts, created_at_ms, next_attempt_at_ms, last_error) \
-                     VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7) \
-                     ON CONFLICT (event_id, target_id) DO NOTHING",
-                )
-                .bind(&event_id)
-                .bind(&t.id)
-                .bind(t.tenant.clone().unwrap_or_default())
-                .bind(&kind)
-                .bind(status)
-                .bind(now_ms)
-                .bind(error)
-                .execute(&mut *tx)
-                .await?;
-            }
+            queue(&mut tx, targets, &event_id, &subject, &mut recent, now).await?;
         }
         sqlx::query(
             "INSERT INTO notifier_cursor (name, position) VALUES ('outbox', $1) \

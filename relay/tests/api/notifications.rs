@@ -497,17 +497,7 @@ async fn a_rebuild_or_a_lost_cursor_sends_nothing_again_and_new_targets_get_no_h
     receiver.wait_for(&first.id.to_string()).await;
 
     // Rebuild the outbox from the log, and lose the notifier's cursor as well.
-    app.events().await;
-    let prices = relay::projectors::price_table(&app.state.common).unwrap();
-    projections::rebuild(
-        &app.state.db,
-        app.state.log.clone(),
-        &projections::all(prices),
-        "notifications",
-        &mut |_, _| {},
-    )
-    .await
-    .unwrap();
+    rebuild_outbox(&app).await;
     sqlx::query("DELETE FROM notifier_cursor")
         .execute(&app.state.db)
         .await
@@ -943,5 +933,588 @@ async fn an_email_target_gets_the_alert_over_smtp() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(sink.mails.lock().unwrap().len(), 1);
+    app.stop().await;
+}
+
+/// A notifier for `app` that the test drives itself (`--notifier off` keeps the
+/// relay's own from running), and the ops alerts of this process.
+fn notifier(
+    app: &TestApp,
+) -> (
+    relay::notify::worker::Notifier,
+    relay::notify::ops::OpsAlerts,
+) {
+    let store =
+        relay::notify::NotifyStore::new(app.state.db.clone(), app.state.accounts.cipher().clone());
+    let alerts = relay::notify::ops::OpsAlerts::new(store.clone(), app.state.publisher.clone());
+    let n = relay::notify::notifier(&app.state, store, alerts.clone()).unwrap();
+    (n, alerts)
+}
+
+/// Creates a user, and with it a tenant, named `name`; returns the user's token.
+async fn tenant_user(app: &TestApp, admin: &str, name: &str) -> String {
+    let (status, u) = app
+        .api(
+            "POST",
+            "/api/v1/admin/users",
+            Some(admin),
+            Some(
+                json!({"username": name, "email": format!("{name}@example.com"),
+                        "password": format!("{name}-password")}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{u}");
+    app.login(name, &format!("{name}-password")).await
+}
+
+/// Rebuilds the outbox from the log after wiping it entirely (the rows the relay
+/// wrote itself too) and forgets the notifier's cursors.
+async fn wipe_and_rebuild_the_outbox(app: &TestApp) {
+    for table in ["notification_outbox", "notifier_cursor"] {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&app.state.db)
+            .await
+            .unwrap();
+    }
+    rebuild_outbox(app).await;
+}
+
+/// Rebuilds the `notifications` projection (the outbox) from the log.
+async fn rebuild_outbox(app: &TestApp) {
+    app.events().await;
+    let prices = relay::projectors::price_table(&app.state.common).unwrap();
+    projections::rebuild(
+        &app.state.db,
+        app.state.log.clone(),
+        &projections::all(prices),
+        "notifications",
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+}
+
+/// The `admin.action` events of one verb in the log.
+async fn actions(app: &TestApp, verb: AdminVerb) -> Vec<Envelope> {
+    app.events()
+        .await
+        .into_iter()
+        .filter(|e| matches!(&e.event, Event::AdminAction(a) if a.verb() == Some(verb)))
+        .collect()
+}
+
+#[tokio::test]
+async fn projector_lag_is_alerted_once_with_its_all_clear_and_a_rebuild_resends_nothing() {
+    let receiver = Receiver::start().await;
+    let mut flags = vec!["--notifier", "off", "--notify-lag-events", "4"];
+    flags.extend(FAST);
+    // Projectors off: the log grows, the read models do not.
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    webhook(&app, &admin, &receiver.url("/ops"), &["ops.*"], json!({})).await;
+    let (n, _) = notifier(&app);
+    n.pass(Utc::now()).await.unwrap();
+    assert_eq!(receiver.types(), Vec::<String>::new(), "not lagging yet");
+
+    for i in 0..10 {
+        app.state.publisher.publish(relay_action(
+            AdminVerb::KeyUpdate,
+            &format!("key:key_{i}"),
+            "renamed",
+        ));
+    }
+    app.events().await;
+    // Ten events behind, over the threshold of four: one alert, sent in this pass
+    // although no projector runs (the row is written straight into the outbox).
+    n.pass(Utc::now()).await.unwrap();
+    n.pass(Utc::now()).await.unwrap();
+    assert_eq!(receiver.types(), ["ops.projector_lagging"]);
+    let alert = receiver.hits()[0].json();
+    assert_eq!(alert["severity"], "warning");
+    assert_eq!(alert["details"]["target"], "projections");
+    assert!(
+        alert["message"].as_str().unwrap().contains("events behind"),
+        "{alert}"
+    );
+    assert!(verifies(&receiver.hits()[0], "whsec-test"));
+    // Recorded for audit, under the alert's id.
+    let audited = actions(&app, AdminVerb::OpsProjectorLagging).await;
+    assert_eq!(audited.len(), 1);
+    assert_eq!(alert["id"], audited[0].id.to_string());
+
+    // The projectors catch up: the all clear, once. The audit event reaches the
+    // outbox under the same id and is not sent again.
+    project(&app).await;
+    n.pass(Utc::now()).await.unwrap();
+    n.pass(Utc::now()).await.unwrap();
+    project(&app).await;
+    n.pass(Utc::now()).await.unwrap();
+    assert_eq!(receiver.types(), ["ops.projector_lagging", "ops.recovered"]);
+    let outbox: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM notification_outbox WHERE kind LIKE 'ops.%'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(outbox, 2);
+
+    // Even with the outbox wiped and rebuilt from the log, nothing is sent again.
+    wipe_and_rebuild_the_outbox(&app).await;
+    let rebuilt: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM notification_outbox WHERE kind LIKE 'ops.%'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(rebuilt, 2, "the log re-creates the alerts' rows");
+    n.pass(Utc::now()).await.unwrap();
+    assert_eq!(receiver.types(), ["ops.projector_lagging", "ops.recovered"]);
+    let deliveries = log(&app, &admin, "/api/v1/admin/notifications?limit=100").await;
+    assert_eq!(deliveries.len(), 2, "{deliveries:#?}");
+    assert!(deliveries.iter().all(|d| d["status"] == "delivered"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_growing_spool_and_quarantine_are_alerted_once_each_and_never_again() {
+    use relay::notify::watch::Backlog;
+    let receiver = Receiver::start().await;
+    let tenant = Receiver::start().await;
+    let mut flags = vec!["--notifier", "off", "--notify-spool-events", "100"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    webhook(&app, &admin, &receiver.url("/ops"), &["*"], json!({})).await;
+    // A tenant's catch-all target: ops alerts are for the operator only.
+    let alice = tenant_user(&app, &admin, "alice").await;
+    webhook(&app, &alice, &tenant.url("/t"), &["*"], json!({})).await;
+    let (n, alerts) = notifier(&app);
+    let mut watcher = relay::notify::ops::PublisherWatcher::new(alerts.clone(), 100);
+    let backlog = |spool, quarantine| Backlog {
+        spool_events: spool,
+        quarantine_events: quarantine,
+    };
+    // The spool passes the threshold and keeps growing: one alert. It drains: the all
+    // clear. Events are quarantined: one alert for the growth.
+    let mut raised = Vec::new();
+    for (spool, quarantine) in [
+        (0, 0),
+        (50, 0),
+        (101, 0),
+        (5000, 0),
+        (20, 0),
+        (0, 2),
+        (0, 2),
+    ] {
+        raised.extend(
+            watcher
+                .check(Utc::now(), backlog(spool, quarantine))
+                .await
+                .unwrap(),
+        );
+        n.pass(Utc::now()).await.unwrap();
+    }
+    assert_eq!(raised.len(), 3);
+    assert_eq!(
+        receiver.types(),
+        ["ops.spool_growing", "ops.recovered", "ops.quarantine_grew"]
+    );
+    let ids: Vec<String> = receiver
+        .hits()
+        .iter()
+        .map(|h| h.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, raised.iter().map(Uuid::to_string).collect::<Vec<_>>());
+    let spool = receiver.hits()[0].json();
+    let process = alerts.process();
+    assert_eq!(spool["details"]["target"], format!("spool:{process}"));
+    assert!(
+        spool["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds 101 events"),
+        "{spool}"
+    );
+    assert_eq!(receiver.hits()[2].json()["severity"], "critical");
+    assert!(tenant.hits().is_empty(), "{:?}", tenant.types());
+
+    // The audit events arrive in the log and the outbox: nothing new is sent, neither
+    // then nor after the outbox is wiped and rebuilt.
+    assert_eq!(actions(&app, AdminVerb::OpsSpoolGrowing).await.len(), 1);
+    assert_eq!(actions(&app, AdminVerb::OpsQuarantineGrew).await.len(), 1);
+    project(&app).await;
+    n.pass(Utc::now()).await.unwrap();
+    wipe_and_rebuild_the_outbox(&app).await;
+    n.pass(Utc::now()).await.unwrap();
+    assert_eq!(receiver.hits().len(), 3, "{:?}", receiver.types());
+    assert!(tenant.hits().is_empty());
+    // The audit log shows them.
+    let (status, audit) = app
+        .api("GET", "/api/v1/admin/audit?limit=100", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let audit = audit.to_string();
+    for verb in ["ops.spool_growing", "ops.recovered", "ops.quarantine_grew"] {
+        assert!(audit.contains(verb), "{verb} not in {audit}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them_on_sqlite() {
+    each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them(None).await;
+}
+
+#[tokio::test]
+async fn each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them_on_postgresql() {
+    let db = crate::admin::PgDb::new().await;
+    each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them(Some(db.url.clone()))
+        .await;
+    db.drop_db().await;
+}
+
+async fn each_tenant_gets_its_own_daily_digest_once_and_the_operator_all_of_them(
+    database_url: Option<String>,
+) {
+    let mock = MockUpstream::start().await;
+    let operator = Receiver::start().await;
+    let alices = Receiver::start().await;
+    let bobs = Receiver::start().await;
+    let mut flags = vec!["--notifier", "off", "--notify-digest-hour", "0"];
+    flags.extend(FAST);
+    let app = spawn_app_on(database_url, &flags).await;
+    app.add_account(&mock, Acc::new("a", KEY_A)).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    let mut keys = Vec::new();
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let token = tenant_user(&app, &admin, name).await;
+        let (status, k) = app
+            .api(
+                "POST",
+                "/api/v1/api-keys",
+                Some(&token),
+                Some(json!({"name": format!("{name}-key")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{k}");
+        keys.push(
+            k["key"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{k}"))
+                .to_owned(),
+        );
+        tokens.push(token);
+    }
+    webhook(&app, &admin, &operator.url("/op"), &["digest.*"], json!({})).await;
+    webhook(&app, &tokens[0], &alices.url("/a"), &["*"], json!({})).await;
+    webhook(
+        &app,
+        &tokens[1],
+        &bobs.url("/b"),
+        &["digest.daily"],
+        json!({}),
+    )
+    .await;
+
+    // Today: alice makes two requests, bob one.
+    let day = Utc::now().date_naive();
+    for key in [&keys[0], &keys[0], &keys[1]] {
+        let r = app
+            .messages_as(key, &crate::body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    project(&app).await;
+    let (n, _) = notifier(&app);
+    // Today has not ended: no digest.
+    n.pass(Utc::now()).await.unwrap();
+    assert!(operator.hits().is_empty());
+    // Tomorrow, just after midnight (BILLING_TIMEZONE is UTC here).
+    let tomorrow = (day + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 1)
+        .unwrap()
+        .and_utc();
+    n.pass(tomorrow).await.unwrap();
+    n.pass(tomorrow + chrono::Duration::hours(5)).await.unwrap();
+
+    let usage = projections::read::usage_totals(
+        &app.state.db,
+        &projections::read::UsageFilter {
+            from_day: day,
+            to_day: day,
+            period: projections::read::Period::Day,
+            group_by: projections::read::GroupBy {
+                tenant: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let of = |tenant: &str| {
+        usage
+            .iter()
+            .find(|u| u.tenant.as_deref() == Some(tenant))
+            .unwrap()
+            .clone()
+    };
+    let check = |hit: &Hit, tenant: &str| {
+        let d = hit.json();
+        let u = of(tenant);
+        assert_eq!(d["type"], "digest.daily");
+        assert_eq!(d["tenant"], tenant);
+        assert_eq!(
+            d["id"],
+            relay::notify::digest::digest_id(tenant, day).to_string()
+        );
+        assert_eq!(d["details"]["day"], day.to_string());
+        assert_eq!(d["details"]["requests"], u.requests);
+        assert_eq!(d["details"]["output_tokens"], u.output_tokens);
+        assert!(u.cost > rust_decimal::Decimal::ZERO);
+        assert_eq!(d["details"]["cost_usd"], u.cost.to_string());
+        assert!(verifies(hit, "whsec-test"));
+    };
+    assert_eq!(of("alice").requests, 2);
+    assert_eq!(of("bob").requests, 1);
+    assert_eq!(alices.hits().len(), 1, "{:?}", alices.types());
+    check(&alices.hits()[0], "alice");
+    assert_eq!(bobs.hits().len(), 1, "{:?}", bobs.types());
+    check(&bobs.hits()[0], "bob");
+    let op = operator.hits();
+    assert_eq!(op.len(), 2, "{:?}", operator.types());
+    for (hit, tenant) in op.iter().zip(["alice", "bob"]) {
+        check(hit, tenant);
+    }
+
+    // A restart with the cursor lost and the outbox rebuilt: the same digests, under
+    // the same ids, are not sent again.
+    wipe_and_rebuild_the_outbox(&app).await;
+    let (again, _) = notifier(&app);
+    again.pass(tomorrow).await.unwrap();
+    let made: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM notification_outbox WHERE kind = 'digest.daily'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(made, 2, "made again, under the same ids");
+    assert_eq!(operator.hits().len(), 2);
+    assert_eq!(alices.hits().len(), 1);
+    assert_eq!(bobs.hits().len(), 1);
+    let mine = log(&app, &tokens[0], "/api/v1/notifications?limit=100").await;
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0]["kind"], "digest.daily");
+    app.stop().await;
+}
+
+/// A tiny SMTP server that takes mail only after `AUTH PLAIN` or `AUTH LOGIN` with
+/// the one user and password it knows; it keeps what it received and every
+/// credential it was offered.
+struct AuthSmtpSink {
+    addr: std::net::SocketAddr,
+    mails: Arc<Mutex<Vec<String>>>,
+    /// (mechanism, user, password) of every AUTH attempt.
+    logins: Arc<Mutex<Vec<(String, String, String)>>>,
+}
+
+impl AuthSmtpSink {
+    async fn start(user: &'static str, password: &'static str) -> AuthSmtpSink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sink = AuthSmtpSink {
+            addr,
+            mails: Arc::default(),
+            logins: Arc::default(),
+        };
+        let (mails, logins) = (sink.mails.clone(), sink.logins.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(auth_smtp_session(
+                    stream,
+                    (user, password),
+                    mails.clone(),
+                    logins.clone(),
+                ));
+            }
+        });
+        sink
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn unb64(s: &str) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// One session of [`AuthSmtpSink`]: `MAIL` before a successful `AUTH` gets 530.
+async fn auth_smtp_session(
+    stream: tokio::net::TcpStream,
+    (user, password): (&str, &str),
+    mails: Arc<Mutex<Vec<String>>>,
+    logins: Arc<Mutex<Vec<(String, String, String)>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut envelope = String::new();
+    let mut authed = false;
+    w.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+    async fn next(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<String> {
+        let mut line = String::new();
+        (r.read_line(&mut line).await.unwrap_or(0) > 0).then_some(line)
+    }
+    while let Some(line) = next(&mut r).await {
+        let cmd = line.trim_end().to_owned();
+        let upper = cmd.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-sink\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n".into()
+        } else if upper.starts_with("AUTH ") {
+            let mut words = cmd.split_whitespace().skip(1);
+            let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+            let (u, p) = match mechanism.as_str() {
+                "PLAIN" => {
+                    let initial = match words.next() {
+                        Some(i) => i.to_owned(),
+                        None => {
+                            w.write_all(b"334 \r\n").await.unwrap();
+                            next(&mut r).await.unwrap_or_default()
+                        }
+                    };
+                    let decoded = unb64(&initial);
+                    let mut parts = decoded.split('\0').skip(1);
+                    (
+                        parts.next().unwrap_or("").to_owned(),
+                        parts.next().unwrap_or("").to_owned(),
+                    )
+                }
+                "LOGIN" => {
+                    w.write_all(format!("334 {}\r\n", b64("Username:")).as_bytes())
+                        .await
+                        .unwrap();
+                    let u = unb64(&next(&mut r).await.unwrap_or_default());
+                    w.write_all(format!("334 {}\r\n", b64("Password:")).as_bytes())
+                        .await
+                        .unwrap();
+                    let p = unb64(&next(&mut r).await.unwrap_or_default());
+                    (u, p)
+                }
+                _ => (String::new(), String::new()),
+            };
+            logins
+                .lock()
+                .unwrap()
+                .push((mechanism, u.clone(), p.clone()));
+            if u == user && p == password {
+                authed = true;
+                "235 2.7.0 accepted\r\n".into()
+            } else {
+                "535 5.7.8 bad credentials\r\n".into()
+            }
+        } else if upper.starts_with("MAIL") && !authed {
+            "530 5.7.0 authentication required\r\n".into()
+        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") {
+            envelope.push_str(&line);
+            "250 OK\r\n".into()
+        } else if upper == "DATA" {
+            w.write_all(b"354 go on\r\n").await.unwrap();
+            let mut data = envelope.clone();
+            while let Some(l) = next(&mut r).await {
+                if l == ".\r\n" {
+                    break;
+                }
+                data.push_str(&l);
+            }
+            mails.lock().unwrap().push(data);
+            "250 queued\r\n".into()
+        } else if upper == "QUIT" {
+            let _ = w.write_all(b"221 bye\r\n").await;
+            return;
+        } else {
+            "250 OK\r\n".into()
+        };
+        w.write_all(reply.as_bytes()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_email_target_authenticates_to_its_smtp_server_with_the_sealed_password() {
+    let sink = AuthSmtpSink::start("alerts-user", "smtp-pass-123").await;
+    let mut flags = vec!["--notifier", "off"];
+    flags.extend(FAST);
+    let app = spawn_app(&flags).await;
+    let admin = app.login("admin", ADMIN_PASSWORD).await;
+    let mut ids = Vec::new();
+    for (password, address) in [
+        ("smtp-pass-123", "ops@example.com"),
+        ("wrong-password", "wrong@example.com"),
+    ] {
+        let url = format!("smtp://alerts-user@{}?from=alerts@relay.example", sink.addr);
+        let (status, t) = app
+            .api(
+                "POST",
+                "/api/v1/notification-targets",
+                Some(&admin),
+                Some(json!({"type": "email", "url": url, "address": address,
+                            "secret": password, "events": ["account.*"]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{t}");
+        assert!(!t.to_string().contains(password), "{t}");
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    let banned = health_change("acc_9", HealthState::Healthy, HealthState::Banned);
+    app.state.publisher.publish(banned.clone());
+    project(&app).await;
+    let (n, _) = notifier(&app);
+    n.pass(Utc::now()).await.unwrap();
+
+    // The right password: authenticated, then delivered.
+    let mails = sink.mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    let mail = &mails[0];
+    assert!(mail.contains("MAIL FROM:<alerts@relay.example>"), "{mail}");
+    assert!(mail.contains("RCPT TO:<ops@example.com>"), "{mail}");
+    assert!(!mail.contains("wrong@example.com"), "{mail}");
+    assert!(
+        mail.contains("Subject: [relay critical] Account acc_9 is banned"),
+        "{mail}"
+    );
+    assert!(mail.contains(&banned.id.to_string()), "{mail}");
+    let logins = sink.logins.lock().unwrap().clone();
+    assert!(
+        logins.iter().any(|(m, u, p)| (m == "PLAIN" || m == "LOGIN")
+            && u == "alerts-user"
+            && p == "smtp-pass-123"),
+        "{logins:?}"
+    );
+    assert!(
+        logins.iter().any(|(_, _, p)| p == "wrong-password"),
+        "{logins:?}"
+    );
+    // The wrong one: refused, not delivered, retried later; the log says why without
+    // the password.
+    let d = log(&app, &admin, "/api/v1/admin/notifications?limit=10").await;
+    let of = |id: &str| d.iter().find(|x| x["target_id"] == id).unwrap().clone();
+    assert_eq!(of(&ids[0])["status"], "delivered", "{d:#?}");
+    assert_eq!(of(&ids[0])["response_status"], 250);
+    let failed = of(&ids[1]);
+    assert_eq!(failed["status"], "pending", "{failed}");
+    assert_eq!(failed["attempts"], 1);
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("535"),
+        "{failed}"
+    );
+    assert!(!d.iter().any(|x| x.to_string().contains("wrong-password")));
     app.stop().await;
 }
