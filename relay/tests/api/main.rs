@@ -18,6 +18,7 @@ mod failover;
 mod faults;
 mod forwarding;
 mod fuzz;
+mod fuzz_http;
 mod limits;
 mod notifications;
 mod oauth;
