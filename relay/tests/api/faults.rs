@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 fn relay_cmd(data_dir: &Path, env: &[(String, String)]) -> Command {
     let mut c = crate::cli::relay_cmd(data_dir);
     c.env("LOG_LEVEL", "warn")
+        // Short cooldowns, so that the faulty account comes back and meets every fault
+        // of its script within a run (the defaults are 30 s and 10 s).
+        .env("OVERLOAD_COOLDOWN", "1")
+        .env("SERVER_ERROR_COOLDOWN", "1")
         .env("DEFAULT_ADMIN_USERNAME", "admin")
         .env("DEFAULT_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .envs(env.iter().map(|(k, v)| (k, v)));
@@ -473,24 +477,24 @@ async fn kill_9_after_20_s_of_jetstream_outage_loses_no_usage() {
     .await;
 }
 
-/// Upstream faults on the main account, one request in ten: refusals (429, a
-/// subscription's 429 with its unified reset 2 s ahead, 529), a 500, a stream that
-/// ends in an error event, a connection reset before the response head, and one cut
-/// after three events (non-streaming: reset); and, from the 300th request, a storm of
-/// 30 529s in a row. The rest answer.
+/// Upstream faults on the main account, one request in ten, those that take it out of
+/// rotation last: a connection reset before the response head, one cut after three
+/// events (non-streaming: reset), a stream that ends in an error event, a 500, a 529, a
+/// 429, and a subscription's 429 with its unified reset 2 s ahead; and, from the 300th
+/// request, a storm of 30 529s in a row. The rest answer.
 fn upstream_faults(extra: &[Step]) -> Vec<Step> {
     let reset = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 2;
     let faults = [
-        Step::rate_limited(1),
-        Step::claim_rejected("five_hour", reset),
-        Step::overloaded(),
-        Step::server_error(),
+        Step::Reset,
+        Step::Drop { after_events: 3 },
         Step::MidStreamError {
             after_events: 4,
             error_type: "api_error".into(),
         },
-        Step::Reset,
-        Step::Drop { after_events: 3 },
+        Step::server_error(),
+        Step::overloaded(),
+        Step::rate_limited(1),
+        Step::claim_rejected("five_hour", reset),
     ];
     extra
         .iter()
@@ -870,9 +874,15 @@ async fn verify(
         .values()
         .filter(|v| v[0].completeness == Completeness::Unknown)
         .count();
+    // A reset before the head fails over: a later attempt of the same request follows
+    // it. (An attempt cut short by a crash is its request's last.)
     let reset = usage
-        .values()
-        .filter(|v| v[0].completeness == Completeness::Unknown && v[0].status == 0)
+        .iter()
+        .filter(|((r, a), v)| {
+            v[0].completeness == Completeness::Unknown
+                && v[0].status == 0
+                && usage.contains_key(&(r.clone(), a + 1))
+        })
         .count();
     let known = usage.len() - unknown;
     assert!(
@@ -891,8 +901,27 @@ async fn verify(
     );
     assert!(
         reset > 0,
-        "the upstream resets were recorded as unknown attempts"
+        "the upstream resets were recorded as unknown attempts and failed over: {unknown} unknown, {:?}",
+        usage
+            .iter()
+            .filter(|(_, v)| v[0].completeness == Completeness::Unknown)
+            .map(|((r, a), v)| (r.clone(), *a, v[0].status, usage.contains_key(&(r.clone(), a + 1))))
+            .collect::<Vec<_>>()
     );
+    // The faults were met: those before the first cooldown in every run, all of them
+    // in the long runs (short cooldowns keep the account in the rotation).
+    let statuses: BTreeSet<u16> = usage.values().map(|v| v[0].status).collect();
+    let met: &[u16] = if crashed {
+        &[500, 529]
+    } else {
+        &[500, 529, 429]
+    };
+    for s in met {
+        assert!(
+            statuses.contains(s),
+            "no attempt answered {s}: {statuses:?}"
+        );
+    }
     if !crashed {
         assert_eq!(
             unknown, reset,
