@@ -20,8 +20,8 @@
 //! [`Journal::handled`]; that position is written into the journal as a marker, so a
 //! restart replays only what follows it (and, as event ids are idempotency keys, a
 //! replayed event the log already had is a harmless duplicate). The journal is a
-//! series of segment files; a full segment is closed, and deleted once everything in
-//! it is handled. Attempts still open when a segment closes are copied into the next,
+//! series of segment files; a full segment is closed (and synced by the sync thread,
+//! never under the writers' lock), and deleted once everything in it is handled. Attempts still open when a segment closes are copied into the next,
 //! so the newest segments always describe every open attempt.
 //!
 //! Record format: `len: u32 LE | crc32(kind ‖ payload): u32 LE | kind: u8 | payload`.
@@ -311,6 +311,9 @@ struct Syncer {
 
 struct SyncState {
     file: Option<File>,
+    /// Segments rotated out and not yet synced: synced before the current one, off the
+    /// writers' lock.
+    retired: Vec<File>,
     written: u64,
     stop: bool,
 }
@@ -680,6 +683,7 @@ impl Syncer {
         let syncer = Arc::new(Syncer {
             state: Mutex::new(SyncState {
                 file: Some(file),
+                retired: Vec::new(),
                 written: 0,
                 stop: false,
             }),
@@ -712,28 +716,37 @@ impl Syncer {
         }
     }
 
-    /// The current segment changed: sync the old one now and follow the new one.
+    /// The current segment changed: follow the new one. The old one is synced by the
+    /// sync thread before the new one, not here: a rotation happens under the writers'
+    /// lock, and an `fdatasync` of a full segment would stall every request.
     fn switch(&self, new: File, old: File) {
-        if let Err(e) = old.sync_data() {
-            tracing::error!(error = %e, "journal fdatasync failed");
-        }
-        self.lock().file = Some(new);
+        let mut st = self.lock();
+        st.file = Some(new);
+        st.retired.push(old);
+        self.wake.notify_one();
     }
 
     fn sync_now(&self) {
-        let (file, target) = {
-            let st = self.lock();
+        let (file, retired, target) = {
+            let mut st = self.lock();
             (
                 st.file.as_ref().and_then(|f| f.try_clone().ok()),
+                std::mem::take(&mut st.retired),
                 st.written,
             )
         };
         if let Some(f) = file {
-            self.sync(&f, target);
+            self.sync(&retired, &f, target);
         }
     }
 
-    fn sync(&self, file: &File, target: u64) {
+    /// Syncs the retired segments, then `file`, then publishes `target` as synced.
+    fn sync(&self, retired: &[File], file: &File, target: u64) {
+        for old in retired {
+            if let Err(e) = old.sync_data() {
+                tracing::error!(error = %e, "journal fdatasync failed");
+            }
+        }
         match file.sync_data() {
             Ok(()) => {
                 self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -755,10 +768,12 @@ impl Syncer {
     fn run(&self, every: Option<Duration>) {
         let mut synced = 0;
         loop {
-            let (file, target, stop) = {
+            let (file, retired, target, stop) = {
                 let mut st = self.lock();
                 loop {
-                    if st.stop || (st.written > synced && every.is_none()) {
+                    if st.stop
+                        || (every.is_none() && (st.written > synced || !st.retired.is_empty()))
+                    {
                         break;
                     }
                     match every {
@@ -780,13 +795,14 @@ impl Syncer {
                 }
                 (
                     st.file.as_ref().and_then(|f| f.try_clone().ok()),
+                    std::mem::take(&mut st.retired),
                     st.written,
                     st.stop,
                 )
             };
-            if target > synced {
+            if target > synced || !retired.is_empty() {
                 if let Some(f) = &file {
-                    self.sync(f, target);
+                    self.sync(&retired, f, target);
                 }
                 synced = target;
             }

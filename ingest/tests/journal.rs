@@ -335,6 +335,32 @@ async fn with_fsync_always_a_record_is_durable_once_a_sync_covered_it() {
     assert!(j.stats().syncs_total >= 1);
 }
 
+/// Segments rotate under the writers' lock; their sync happens on the sync thread. With
+/// `always`, every record still becomes durable, across many rotations.
+#[tokio::test]
+async fn with_fsync_always_records_stay_durable_across_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.fsync = Fsync::Always;
+    cfg.segment_bytes = 4096;
+    let (j, _) = Journal::open(&cfg).unwrap();
+    for i in 0..200 {
+        let seq = j
+            .append_events([usage(&format!("r{i}"), 1)], |_, _| {})
+            .unwrap();
+        tokio::time::timeout(testing::WAIT, j.durable(seq))
+            .await
+            .unwrap_or_else(|_| panic!("record {seq} never synced"));
+        j.handled(seq);
+    }
+    assert!(j.stats().syncs_total >= 200);
+    assert!(
+        segments(dir.path()) <= 3,
+        "{} segments",
+        segments(dir.path())
+    );
+}
+
 /// A log whose appends never return: the events stay in the publisher's memory, as
 /// when a process dies while the log is slow.
 struct HangingLog;
