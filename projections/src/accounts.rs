@@ -11,6 +11,7 @@
 
 use crate::runner::Projection;
 use crate::sql::{self, i, wire_name};
+use crate::Dialect as _;
 use crate::Error;
 use ingest::StoredEvent;
 use schema::{Event, Outcome};
@@ -150,24 +151,46 @@ fn fold(row: &mut StatusRow, e: &StoredEvent) {
     }
 }
 
+/// Which of `ids` are stored for the first time, storing them. Portable: the ids
+/// already stored are read first (the projector holds the lease, so nothing else
+/// writes this table meanwhile), then the rest inserted; no `RETURNING`, which MySQL
+/// lacks.
 async fn first_seen(tx: &mut AnyConnection, ids: &[String]) -> Result<HashSet<String>, Error> {
-    let mut inserted = HashSet::with_capacity(ids.len());
-    let params = sql::Params::of(tx);
-    for chunk in ids.chunks(params.rows_per_statement(1)) {
-        let text = format!(
-            "INSERT INTO account_status_events (event_id) VALUES {} \
-             ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            params.values(chunk.len(), 1)
-        );
-        let mut q = sqlx::query_as::<_, (String,)>(&text);
-        for id in chunk {
-            q = q.bind(id.clone());
-        }
-        for (id,) in q.fetch_all(&mut *tx).await? {
-            inserted.insert(id);
+    let mut fresh: Vec<&String> = Vec::with_capacity(ids.len());
+    let mut unique = HashSet::with_capacity(ids.len());
+    for id in ids {
+        if unique.insert(id.as_str()) {
+            fresh.push(id);
         }
     }
-    Ok(inserted)
+    let params = sql::Params::of(tx);
+    let mut stored = HashSet::new();
+    for chunk in fresh.chunks(params.rows_per_statement(1)) {
+        let text = format!(
+            "SELECT event_id FROM account_status_events WHERE event_id IN ({})",
+            params.list(chunk.len())
+        );
+        let text = tx.sql(&text);
+        let mut q = sqlx::query_as::<_, (String,)>(&text);
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        stored.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+    }
+    fresh.retain(|id| !stored.contains(id.as_str()));
+    for chunk in fresh.chunks(params.rows_per_statement(1)) {
+        let text = format!(
+            "INSERT INTO account_status_events (event_id) VALUES {}",
+            params.values(chunk.len(), 1)
+        );
+        let text = tx.sql(&text);
+        let mut q = sqlx::query(&text);
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(fresh.into_iter().cloned().collect())
 }
 
 #[async_trait::async_trait]
@@ -218,6 +241,7 @@ impl Projection for AccountsProjection {
                 "SELECT {STATUS_COLUMNS} FROM account_status WHERE account IN ({})",
                 params.list(chunk.len())
             );
+            let text = tx.sql(&text);
             let mut q = sqlx::query(&text);
             for a in chunk {
                 q = q.bind(a.clone());
@@ -257,6 +281,7 @@ impl Projection for AccountsProjection {
                  last_event_at_ms = excluded.last_event_at_ms",
                 params.values(chunk.len(), 20)
             );
+            let text = tx.sql(&text);
             let mut q = sqlx::query(&text);
             for (account, r) in chunk {
                 q = q
@@ -287,10 +312,10 @@ impl Projection for AccountsProjection {
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query("DELETE FROM account_status")
+        sqlx::query(&tx.sql("DELETE FROM account_status"))
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM account_status_events")
+        sqlx::query(&tx.sql("DELETE FROM account_status_events"))
             .execute(&mut *tx)
             .await?;
         Ok(())

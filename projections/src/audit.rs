@@ -7,6 +7,7 @@
 
 use crate::runner::Projection;
 use crate::sql::{self, i, opt, wire_name};
+use crate::Dialect as _;
 use crate::Error;
 use ingest::StoredEvent;
 use schema::Event;
@@ -80,6 +81,7 @@ impl Projection for AuditProjection {
                  ON CONFLICT (event_id) DO NOTHING",
                 params.values(chunk.len(), 16)
             );
+            let text = tx.sql(&text);
             let mut q = sqlx::query(&text);
             for (e, fields) in chunk {
                 let env = &e.envelope;
@@ -102,7 +104,7 @@ impl Projection for AuditProjection {
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query("DELETE FROM audit_log")
+        sqlx::query(&tx.sql("DELETE FROM audit_log"))
             .execute(&mut *tx)
             .await?;
         Ok(())

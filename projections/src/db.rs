@@ -16,6 +16,8 @@ pub enum Backend {
     Sqlite,
     /// PostgreSQL (scale mode).
     Postgres,
+    /// MySQL 8 or MariaDB 10.5+ (scale mode, for operators who run MySQL).
+    MySql,
 }
 
 impl Backend {
@@ -25,8 +27,31 @@ impl Backend {
             Ok(Backend::Sqlite)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Backend::Postgres)
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Ok(Backend::MySql)
         } else {
             Err(Error::UnsupportedBackend)
+        }
+    }
+
+    /// The backend of a connection, from sqlx's name for its driver (`"SQLite"`,
+    /// `"PostgreSQL"`, `"MySQL"`).
+    pub fn from_driver_name(name: &str) -> Self {
+        if name.eq_ignore_ascii_case("postgresql") {
+            Backend::Postgres
+        } else if name.eq_ignore_ascii_case("mysql") {
+            Backend::MySql
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// The name of the backend as the admin API and the CLI report it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::MySql => "mysql",
         }
     }
 
@@ -40,7 +65,8 @@ impl Backend {
 /// journal, a 10 s busy timeout, foreign keys on, `synchronous=NORMAL` (the event log,
 /// not this database, is the durable record: a lost tail is re-projected from the
 /// checkpoint). PostgreSQL: up to 16 connections, sessions idle inside a transaction
-/// ended by the server after 10 s.
+/// ended by the server after 10 s. MySQL / MariaDB: up to 16 connections, strict mode,
+/// READ COMMITTED.
 pub async fn connect(url: &str) -> Result<AnyPool, Error> {
     sqlx::any::install_default_drivers();
     let backend = Backend::from_url(url)?;
@@ -79,6 +105,29 @@ pub async fn connect(url: &str) -> Result<AnyPool, Error> {
             });
             url.to_owned()
         }
+        Backend::MySql => {
+            // sqlx sets `PIPES_AS_CONCAT` (`||` concatenates, as on the other two),
+            // `NO_ENGINE_SUBSTITUTION`, utf8mb4 and the UTC session time zone. Strict
+            // mode makes an over-long value an error instead of a silent truncation;
+            // a transaction waits at most 10 s for a row lock, like a SQLite writer.
+            opts = opts.max_connections(16).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES'), \
+                         SESSION innodb_lock_wait_timeout = 10",
+                    )
+                    .await?;
+                    // As on PostgreSQL: each statement sees what was committed before it.
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            });
+            match url.strip_prefix("mariadb:") {
+                Some(rest) => format!("mysql:{rest}"),
+                None => url.to_owned(),
+            }
+        }
     };
     Ok(opts.connect(&url).await?)
 }
@@ -88,6 +137,7 @@ pub async fn migrate(pool: &AnyPool) -> Result<(), Error> {
     let mut migrator = match Backend::of(pool)? {
         Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
         Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        Backend::MySql => sqlx::migrate!("./migrations/mysql"),
     };
     migrator.set_ignore_missing(true);
     migrator.run(pool).await?;

@@ -22,6 +22,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod db;
+pub mod dialect;
 mod error;
 pub mod money;
 pub mod notifications;
@@ -34,6 +35,7 @@ mod sql;
 pub mod usage;
 
 pub use db::{connect, migrate, Backend};
+pub use dialect::Dialect;
 pub use error::Error;
 pub use pricing::PriceTable;
 pub use replay::{rebuild, reprice, reprice_with};

@@ -31,6 +31,7 @@
 
 use crate::runner::Projection;
 use crate::sql::{self, i, opt, wire_name};
+use crate::Dialect as _;
 use crate::Error;
 use ingest::StoredEvent;
 use schema::{AdminVerb, Envelope, Event, HealthState};
@@ -323,11 +324,11 @@ pub fn outbox_row(env: &Envelope) -> Option<OutboxRow> {
 /// Writes a row the relay made itself (position 0; see the module docs). Returns
 /// whether it was new.
 pub async fn insert_direct(tx: &mut AnyConnection, row: &OutboxRow) -> Result<bool, Error> {
-    let done = sqlx::query(&format!(
+    let done = sqlx::query(&tx.sql(&format!(
         "INSERT INTO notification_outbox ({OUTBOX_COLUMNS}) \
          VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          ON CONFLICT (event_id) DO NOTHING"
-    ))
+    )))
     .bind(row.event_id.clone())
     .bind(row.occurred_at_ms)
     .bind(row.kind.clone())
@@ -375,6 +376,7 @@ impl Projection for NotificationsProjection {
                  ON CONFLICT (event_id) DO NOTHING",
                 params.values(chunk.len(), 12)
             );
+            let text = tx.sql(&text);
             let mut q = sqlx::query(&text);
             for (e, r) in chunk {
                 q = q
@@ -398,7 +400,7 @@ impl Projection for NotificationsProjection {
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
         // Rows at position 0 are the relay's own (module docs): a rebuild keeps them.
-        sqlx::query("DELETE FROM notification_outbox WHERE position > 0")
+        sqlx::query(&tx.sql("DELETE FROM notification_outbox WHERE position > 0"))
             .execute(&mut *tx)
             .await?;
         Ok(())

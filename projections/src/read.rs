@@ -5,6 +5,7 @@
 
 use crate::money::{nanos_to_usd, usd_to_nanos};
 use crate::pricing::{token_cost_rounded, Tokens, UnitPrices};
+use crate::Dialect as _;
 use crate::{runner, Error};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
 use ingest::EventLog;
@@ -173,7 +174,10 @@ pub async fn usage_totals(db: &AnyPool, f: &UsageFilter) -> Result<Vec<UsageRow>
     } else {
         conds.push("occurred_at_ms >= $1 AND occurred_at_ms < $2".into());
         (
-            format!("CAST((occurred_at_ms + ({offset_ms})) / {unit_ms} AS BIGINT)"),
+            format!(
+                "CAST((occurred_at_ms + ({offset_ms})) {} {unit_ms} AS BIGINT)",
+                db.int_div()
+            ),
             "usage_ledger",
             "CAST(COUNT(*) AS BIGINT)",
             "priced_by_fallback",
@@ -199,6 +203,7 @@ pub async fn usage_totals(db: &AnyPool, f: &UsageFilter) -> Result<Vec<UsageRow>
          FROM {from} WHERE {} GROUP BY 1, 2, 3, 4, 5",
         conds.join(" AND ")
     );
+    let text = db.sql(&text);
     let mut q = sqlx::query(&text);
     if !from_ledger {
         q = q
@@ -281,7 +286,7 @@ pub async fn tenant_usage_between(
     to: DateTime<Utc>,
     period: &str,
 ) -> Result<Vec<UsageRow>, Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query(&db.sql(
         "SELECT tenant, CAST(COUNT(*) AS BIGINT), \
          CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
          CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_5m_tokens) AS BIGINT), \
@@ -289,7 +294,7 @@ pub async fn tenant_usage_between(
          CAST(SUM(priced_by_fallback) AS BIGINT) \
          FROM usage_ledger WHERE occurred_at_ms >= $1 AND occurred_at_ms < $2 \
          AND tenant <> '' GROUP BY tenant ORDER BY tenant",
-    )
+    ))
     .bind(from.timestamp_millis())
     .bind(to.timestamp_millis())
     .fetch_all(db)
@@ -374,7 +379,7 @@ pub async fn account_status(db: &AnyPool) -> Result<Vec<AccountStatus>, Error> {
         "SELECT {} FROM account_status ORDER BY account",
         crate::accounts::STATUS_COLUMNS
     );
-    let rows = sqlx::query(&text).fetch_all(db).await?;
+    let rows = sqlx::query(&db.sql(&text)).fetch_all(db).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let (account, s) = crate::accounts::StatusRow::from_row(&r)?;
@@ -539,6 +544,7 @@ pub async fn request_log(
         conds.join(" AND "),
         limit
     );
+    let text = db.sql(&text);
     let mut q = sqlx::query(&text);
     for t in texts {
         q = q.bind(t);
@@ -597,6 +603,7 @@ pub async fn request_log(
              WHERE request_id IN ({}) GROUP BY request_id",
             params.list(chunk.len())
         );
+        let text = db.sql(&text);
         let mut q = sqlx::query(&text);
         for id in chunk {
             q = q.bind(id.clone());
@@ -669,6 +676,7 @@ pub async fn rejections(db: &AnyPool, f: &RejectionFilter) -> Result<Vec<Rejecti
          GROUP BY rejected_by",
         conds.join(" AND ")
     );
+    let text = db.sql(&text);
     let mut q = sqlx::query(&text).bind(f.from_ms).bind(f.to_ms);
     for t in texts {
         q = q.bind(t);
@@ -777,6 +785,7 @@ pub async fn audit_log(
         conds.join(" AND "),
         limit
     );
+    let text = db.sql(&text);
     let mut q = sqlx::query(&text);
     if let Some(k) = &filter.kind {
         q = q.bind(k.clone());
@@ -993,13 +1002,13 @@ fn server_tool_nanos(
 /// total is the exact sum of the per-event costs.
 pub async fn statement(db: &AnyPool, tenant: &str, month: &str) -> Result<Statement, Error> {
     let (first, last) = month_range(month)?;
-    let rows = sqlx::query(
+    let rows = sqlx::query(&db.sql(
         "SELECT model, price_version, price_key, priced_by_fallback, unit_input, unit_output, \
          unit_cache_read, unit_cache_write_5m, unit_cache_write_1h, event_id, input_tokens, \
          output_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, \
          cost_nanos, web_search_requests, web_fetch_requests, completeness FROM usage_ledger \
          WHERE tenant = $1 AND day >= $2 AND day <= $3 ORDER BY event_id",
-    )
+    ))
     .bind(tenant)
     .bind(first.format("%Y-%m-%d").to_string())
     .bind(last.format("%Y-%m-%d").to_string())

@@ -5,6 +5,7 @@ use crate::money::nanos_to_usd;
 use crate::pricing::{PriceContext, PriceTable, ServerToolUses, Tokens};
 use crate::runner::{self, Lag, Projection, Projector, ProjectorOptions};
 use crate::usage::UsageProjection;
+use crate::Dialect as _;
 use crate::{money, Error};
 use chrono::NaiveDate;
 use ingest::{EventLog, Position};
@@ -107,13 +108,13 @@ async fn reprice_leased(
     let day = from_day.format("%Y-%m-%d").to_string();
     let mut tx = db.begin().await?;
     runner::renew_lease(&mut tx, UsageProjection::NAME, holder, opts.lease_ttl).await?;
-    let rows = sqlx::query(
+    let rows = sqlx::query(&tx.sql(
         "SELECT event_id, tenant, occurred_at_ms, model, service_tier, speed, inference_geo, \
          input_tokens, output_tokens, cache_read_tokens, cache_write_5m_tokens, \
          cache_write_1h_tokens, price_version, price_key, priced_by_fallback, unit_input, \
          unit_output, unit_cache_read, unit_cache_write_5m, unit_cache_write_1h, cost_nanos, \
          web_search_requests FROM usage_ledger WHERE day >= $1 ORDER BY event_id",
-    )
+    ))
     .bind(&day)
     .fetch_all(&mut *tx)
     .await?;
@@ -180,12 +181,12 @@ async fn reprice_leased(
         if changed {
             d.1 += 1;
             let [ui, uo, ur, u5, u1] = new_units;
-            sqlx::query(
+            sqlx::query(&tx.sql(
                 "UPDATE usage_ledger SET price_version = $1, price_key = $2, \
                  priced_by_fallback = $3, unit_input = $4, unit_output = $5, \
                  unit_cache_read = $6, unit_cache_write_5m = $7, unit_cache_write_1h = $8, \
                  cost_nanos = $9 WHERE event_id = $10",
-            )
+            ))
             .bind(priced.version)
             .bind(priced.price_key)
             .bind(i64::from(priced.fallback))
@@ -203,11 +204,11 @@ async fn reprice_leased(
     }
     // The totals of the affected days are recomputed from the ledger, which is the
     // same arithmetic the projection does incrementally.
-    sqlx::query("DELETE FROM usage_totals WHERE day >= $1")
+    sqlx::query(&tx.sql("DELETE FROM usage_totals WHERE day >= $1"))
         .bind(&day)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
+    sqlx::query(&tx.sql(
         "INSERT INTO usage_totals (day, tenant, api_key, account, model, requests, \
          input_tokens, output_tokens, cache_read_tokens, cache_write_5m_tokens, \
          cache_write_1h_tokens, cost_nanos, fallback_requests) \
@@ -217,7 +218,7 @@ async fn reprice_leased(
          CAST(SUM(cache_write_1h_tokens) AS BIGINT), CAST(SUM(cost_nanos) AS BIGINT), \
          CAST(SUM(priced_by_fallback) AS BIGINT) \
          FROM usage_ledger WHERE day >= $1 GROUP BY day, tenant, api_key, account, model",
-    )
+    ))
     .bind(&day)
     .execute(&mut *tx)
     .await?;

@@ -10,6 +10,7 @@
 
 use crate::runner::Projection;
 use crate::sql::{self, i, opt, wire_name};
+use crate::Dialect as _;
 use crate::Error;
 use ingest::StoredEvent;
 use schema::Event;
@@ -31,7 +32,7 @@ pub(crate) const REQUEST_COLUMNS: &str = "event_id, position, occurred_at_ms, da
 /// Deletes request-log rows that occurred before `older_than_ms` (epoch ms); returns
 /// how many were deleted. Not part of the projection: the caller supplies the clock.
 pub async fn prune_request_log(db: &AnyPool, older_than_ms: i64) -> Result<u64, Error> {
-    let done = sqlx::query("DELETE FROM request_log WHERE occurred_at_ms < $1")
+    let done = sqlx::query(&db.sql("DELETE FROM request_log WHERE occurred_at_ms < $1"))
         .bind(older_than_ms)
         .execute(db)
         .await?;
@@ -75,6 +76,7 @@ impl Projection for RequestsProjection {
                  ON CONFLICT (event_id) DO NOTHING",
                 params.values(chunk.len(), 21)
             );
+            let text = tx.sql(&text);
             let mut q = sqlx::query(&text);
             for (e, env, r) in chunk {
                 let account = r
@@ -116,7 +118,7 @@ impl Projection for RequestsProjection {
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query("DELETE FROM request_log")
+        sqlx::query(&tx.sql("DELETE FROM request_log"))
             .execute(&mut *tx)
             .await?;
         Ok(())

@@ -4,7 +4,7 @@
 //! A projector loads its checkpoint, subscribes to the log after it, and applies the
 //! events in batches (whatever is ready, up to `batch_size`). Each batch commits in ONE
 //! transaction together with the checkpoint, which only moves forward (the upsert is
-//! guarded with `WHERE last_seq < excluded.last_seq`). After an error it backs off and
+//! guarded with `WHERE last_seq < $position`). After an error it backs off and
 //! re-subscribes from the stored checkpoint, so a crash or a killed task at any point
 //! loses nothing and counts nothing twice.
 //!
@@ -13,6 +13,7 @@
 //! timer, and a batch whose lease renewal fails is rolled back. The runner reads the
 //! clock for the lease; projections never do.
 
+use crate::Dialect as _;
 use crate::Error;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
@@ -134,11 +135,12 @@ fn pos_i64(p: Position) -> i64 {
 
 /// The stored checkpoint of `projection` (0 when it has none).
 pub async fn checkpoint(db: &AnyPool, projection: &str) -> Result<Position, Error> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT last_seq FROM projection_checkpoints WHERE projection = $1")
-            .bind(projection)
-            .fetch_optional(db)
-            .await?;
+    let row: Option<(i64,)> = sqlx::query_as(
+        &db.sql("SELECT last_seq FROM projection_checkpoints WHERE projection = $1"),
+    )
+    .bind(projection)
+    .fetch_optional(db)
+    .await?;
     Ok(row.map(|r| u64::try_from(r.0).unwrap_or(0)).unwrap_or(0))
 }
 
@@ -149,16 +151,28 @@ pub async fn advance_checkpoint(
     projection: &str,
     position: Position,
 ) -> Result<bool, Error> {
-    let done = sqlx::query(
-        "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, $2) \
-         ON CONFLICT (projection) DO UPDATE SET last_seq = excluded.last_seq \
-         WHERE projection_checkpoints.last_seq < excluded.last_seq",
-    )
+    // Portable (MySQL has no guarded upsert): move an existing row forward, else
+    // create it; neither happens when the stored checkpoint is at or past `position`.
+    let moved = sqlx::query(&tx.sql(
+        "UPDATE projection_checkpoints SET last_seq = $1 WHERE projection = $2 AND last_seq < $3",
+    ))
+    .bind(pos_i64(position))
     .bind(projection)
     .bind(pos_i64(position))
     .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if moved.rows_affected() == 1 {
+        return Ok(true);
+    }
+    let created = sqlx::query(&tx.sql(
+        "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, $2) \
+         ON CONFLICT (projection) DO NOTHING",
+    ))
+    .bind(projection)
+    .bind(pos_i64(position))
+    .execute(&mut *tx)
+    .await?;
+    Ok(created.rows_affected() == 1)
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {
@@ -174,41 +188,59 @@ pub async fn try_lease(
     ttl: Duration,
 ) -> Result<bool, Error> {
     let now = now_ms();
-    let done = sqlx::query(
-        "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3) \
-         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
-         WHERE leases.holder = excluded.holder OR leases.until_ms < $4",
-    )
+    let until = now.saturating_add(ttl_ms(ttl));
+    // Portable (MySQL has no guarded upsert): renew ours or take an expired one, else
+    // create it. The update's condition is evaluated on the row as it stands once
+    // locked, so of two takers of an expired lease only one matches.
+    let renewed = sqlx::query(&db.sql(
+        "UPDATE leases SET holder = $1, until_ms = $2 \
+         WHERE name = $3 AND (holder = $4 OR until_ms < $5)",
+    ))
+    .bind(holder)
+    .bind(until)
     .bind(name)
     .bind(holder)
-    .bind(now.saturating_add(ttl_ms(ttl)))
     .bind(now)
     .execute(db)
     .await?;
-    if done.rows_affected() == 1 {
+    if renewed.rows_affected() == 1 {
+        return Ok(true);
+    }
+    let created = sqlx::query(&db.sql(
+        "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO NOTHING",
+    ))
+    .bind(name)
+    .bind(holder)
+    .bind(until)
+    .execute(db)
+    .await?;
+    if created.rows_affected() == 1 {
         return Ok(true);
     }
     // Held and not expired. If the holder is a process of this machine that is gone
     // (a crash, a kill -9), waiting for the lease to expire only delays usage: take it
     // over now. The update names the dead holder, so two takers cannot both win.
-    let current: Option<(String,)> = sqlx::query_as("SELECT holder FROM leases WHERE name = $1")
-        .bind(name)
-        .fetch_optional(db)
-        .await?;
+    let current: Option<(String,)> =
+        sqlx::query_as(&db.sql("SELECT holder FROM leases WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(db)
+            .await?;
     let Some((current,)) = current else {
         return Ok(false);
     };
     if !holder::is_dead(&current) {
         return Ok(false);
     }
-    let taken =
-        sqlx::query("UPDATE leases SET holder = $1, until_ms = $2 WHERE name = $3 AND holder = $4")
-            .bind(holder)
-            .bind(now.saturating_add(ttl_ms(ttl)))
-            .bind(name)
-            .bind(&current)
-            .execute(db)
-            .await?;
+    let taken = sqlx::query(
+        &db.sql("UPDATE leases SET holder = $1, until_ms = $2 WHERE name = $3 AND holder = $4"),
+    )
+    .bind(holder)
+    .bind(now.saturating_add(ttl_ms(ttl)))
+    .bind(name)
+    .bind(&current)
+    .execute(db)
+    .await?;
     let took = taken.rows_affected() == 1;
     if took {
         tracing::info!(lease = name, previous = %current, "took over the lease of a process that is gone");
@@ -353,12 +385,13 @@ pub(crate) async fn renew_lease(
     holder: &str,
     ttl: Duration,
 ) -> Result<(), Error> {
-    let done = sqlx::query("UPDATE leases SET until_ms = $1 WHERE name = $2 AND holder = $3")
-        .bind(now_ms().saturating_add(ttl_ms(ttl)))
-        .bind(name)
-        .bind(holder)
-        .execute(&mut *conn)
-        .await?;
+    let done =
+        sqlx::query(&conn.sql("UPDATE leases SET until_ms = $1 WHERE name = $2 AND holder = $3"))
+            .bind(now_ms().saturating_add(ttl_ms(ttl)))
+            .bind(name)
+            .bind(holder)
+            .execute(&mut *conn)
+            .await?;
     if done.rows_affected() == 1 {
         Ok(())
     } else {
@@ -376,10 +409,11 @@ pub(crate) async fn lease_or_fail(
     if try_lease(db, name, holder, ttl).await? {
         return Ok(());
     }
-    let current: Option<(String,)> = sqlx::query_as("SELECT holder FROM leases WHERE name = $1")
-        .bind(name)
-        .fetch_optional(db)
-        .await?;
+    let current: Option<(String,)> =
+        sqlx::query_as(&db.sql("SELECT holder FROM leases WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(db)
+            .await?;
     Err(Error::LeaseHeld {
         projection: name.to_owned(),
         holder: current.map(|h| h.0).unwrap_or_default(),
@@ -388,7 +422,7 @@ pub(crate) async fn lease_or_fail(
 
 /// Gives the lease up (best effort: an unreleased lease simply expires).
 pub async fn release_lease(db: &AnyPool, name: &str, holder: &str) {
-    let done = sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+    let done = sqlx::query(&db.sql("DELETE FROM leases WHERE name = $1 AND holder = $2"))
         .bind(name)
         .bind(holder)
         .execute(db)
@@ -492,10 +526,10 @@ impl Projector {
             self.renew_in(&mut tx).await?;
             for p in &self.projections {
                 p.reset(&mut tx).await?;
-                sqlx::query(
+                sqlx::query(&tx.sql(
                     "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, 0) \
                      ON CONFLICT (projection) DO UPDATE SET last_seq = 0",
-                )
+                ))
                 .bind(p.name())
                 .execute(&mut *tx)
                 .await?;

@@ -25,7 +25,7 @@ impl Params {
     pub(crate) fn of_pool(pool: &sqlx::AnyPool) -> Result<Self, crate::Error> {
         Ok(match crate::Backend::of(pool)? {
             crate::Backend::Postgres => Params::Numbered,
-            crate::Backend::Sqlite => Params::Anonymous,
+            crate::Backend::Sqlite | crate::Backend::MySql => Params::Anonymous,
         })
     }
 

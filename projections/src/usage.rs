@@ -12,6 +12,7 @@
 use crate::pricing::PriceTable;
 use crate::runner::Projection;
 use crate::sql::{self, i, opt, wire_name};
+use crate::Dialect as _;
 use crate::{money, Error};
 use ingest::StoredEvent;
 use schema::Event;
@@ -166,6 +167,7 @@ async fn insert_ledger(tx: &mut AnyConnection, rows: &[LedgerRow]) -> Result<Vec
              ON CONFLICT (event_id) DO NOTHING",
             params.values(chunk.len(), LEDGER_WIDTH)
         );
+        let text = tx.sql(&text);
         let mut q = sqlx::query(&text);
         for r in chunk {
             q = q
@@ -208,6 +210,7 @@ async fn insert_ledger(tx: &mut AnyConnection, rows: &[LedgerRow]) -> Result<Vec
             "SELECT event_id, position FROM usage_ledger WHERE event_id IN ({})",
             params.list(chunk.len())
         );
+        let text = tx.sql(&text);
         let mut q = sqlx::query_as::<_, (String, i64)>(&text);
         for r in chunk {
             q = q.bind(r.event_id.as_str());
@@ -245,6 +248,7 @@ pub(crate) async fn add_totals(
              fallback_requests = usage_totals.fallback_requests + excluded.fallback_requests",
             params.values(chunk.len(), 13)
         );
+        let text = tx.sql(&text);
         let mut q = sqlx::query(&text);
         for ((day, tenant, key, account, model), s) in chunk {
             q = q
@@ -311,10 +315,10 @@ impl Projection for UsageProjection {
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query("DELETE FROM usage_totals")
+        sqlx::query(&tx.sql("DELETE FROM usage_totals"))
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM usage_ledger")
+        sqlx::query(&tx.sql("DELETE FROM usage_ledger"))
             .execute(&mut *tx)
             .await?;
         Ok(())

@@ -5,6 +5,7 @@
 
 use crate::crypto::{Cipher, CryptoError, Secret};
 use chrono::{DateTime, TimeZone, Utc};
+use projections::Dialect as _;
 use schema::AccountId;
 use sqlx::{AnyPool, Row};
 use uuid::Uuid;
@@ -222,11 +223,11 @@ impl AccountStore {
         validate(&new)?;
         let id = AccountId::parse(format!("acc_{}", Uuid::now_v7().simple()))
             .map_err(|e| AccountStoreError::Invalid(e.to_string()))?;
-        sqlx::query(
+        sqlx::query(&self.db.sql(
             "INSERT INTO accounts (id, name, kind, base_url, credential_enc, priority, weight, \
              group_name, concurrency, proxy_url, enabled, created_at_ms, refresh_token_enc, \
              expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $12, $13)",
-        )
+        ))
         .bind(id.as_str())
         .bind(new.name.trim())
         .bind(new.kind.as_str())
@@ -253,7 +254,7 @@ impl AccountStore {
 
     /// One account by id, credential opened.
     pub async fn get(&self, id: &str) -> Result<Option<Account>, AccountStoreError> {
-        let row = sqlx::query(&format!("{SELECT_ACCOUNT} WHERE id = $1"))
+        let row = sqlx::query(&self.db.sql(&format!("{SELECT_ACCOUNT} WHERE id = $1")))
             .bind(id)
             .fetch_optional(&self.db)
             .await?;
@@ -283,11 +284,11 @@ impl AccountStore {
         };
         validate(&merged)?;
         let enabled = p.enabled.unwrap_or(old.enabled);
-        sqlx::query(
+        sqlx::query(&self.db.sql(
             "UPDATE accounts SET name = $1, kind = $2, base_url = $3, credential_enc = $4, \
              priority = $5, weight = $6, group_name = $7, concurrency = $8, proxy_url = $9, \
              enabled = $10 WHERE id = $11",
-        )
+        ))
         .bind(merged.name.trim())
         .bind(merged.kind.as_str())
         .bind(self.seal_url(merged.base_url.trim_end_matches('/')))
@@ -306,7 +307,7 @@ impl AccountStore {
 
     /// Removes an account; `false` when there was none.
     pub async fn delete(&self, id: &str) -> Result<bool, AccountStoreError> {
-        let done = sqlx::query("DELETE FROM accounts WHERE id = $1")
+        let done = sqlx::query(&self.db.sql("DELETE FROM accounts WHERE id = $1"))
             .bind(id)
             .execute(&self.db)
             .await?;
@@ -319,7 +320,7 @@ impl AccountStore {
         name: &str,
         except: Option<&str>,
     ) -> Result<bool, AccountStoreError> {
-        let row = sqlx::query("SELECT id FROM accounts WHERE name = $1")
+        let row = sqlx::query(&self.db.sql("SELECT id FROM accounts WHERE name = $1"))
             .bind(name.trim())
             .fetch_optional(&self.db)
             .await?;
@@ -334,10 +335,14 @@ impl AccountStore {
 
     /// The token version of an account (grows with every stored token set).
     pub async fn token_version(&self, id: &str) -> Result<Option<i64>, AccountStoreError> {
-        let row = sqlx::query("SELECT token_version FROM accounts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await?;
+        let row = sqlx::query(
+            &self
+                .db
+                .sql("SELECT token_version FROM accounts WHERE id = $1"),
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?;
         Ok(row.map(|r| r.try_get("token_version")).transpose()?)
     }
 
@@ -349,10 +354,10 @@ impl AccountStore {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, AccountStoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&self.db.sql(
             "UPDATE accounts SET refresh_lock_until_ms = $1 WHERE id = $2 \
              AND (refresh_lock_until_ms IS NULL OR refresh_lock_until_ms < $3)",
-        )
+        ))
         .bind(until.timestamp_millis())
         .bind(id)
         .bind(now.timestamp_millis())
@@ -363,10 +368,14 @@ impl AccountStore {
 
     /// Gives the refresh lease back.
     pub async fn unlock_refresh(&self, id: &str) -> Result<(), AccountStoreError> {
-        sqlx::query("UPDATE accounts SET refresh_lock_until_ms = NULL WHERE id = $1")
-            .bind(id)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(
+            &self
+                .db
+                .sql("UPDATE accounts SET refresh_lock_until_ms = NULL WHERE id = $1"),
+        )
+        .bind(id)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
@@ -382,12 +391,12 @@ impl AccountStore {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<bool, AccountStoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&self.db.sql(
             "UPDATE accounts SET credential_enc = $1, \
              refresh_token_enc = COALESCE($2, refresh_token_enc), expires_at_ms = $3, \
              token_version = token_version + 1, refreshed_at_ms = $4, \
              refresh_lock_until_ms = NULL WHERE id = $5 AND token_version = $6",
-        )
+        ))
         .bind(self.cipher.seal(access_token))
         .bind(refresh_token.map(|t| self.cipher.seal(t)))
         .bind(expires_at.timestamp_millis())
@@ -407,11 +416,11 @@ impl AccountStore {
         subscription_type: Option<&str>,
         email: Option<&str>,
     ) -> Result<(), AccountStoreError> {
-        sqlx::query(
+        sqlx::query(&self.db.sql(
             "UPDATE accounts SET oauth_scopes = COALESCE($1, oauth_scopes), \
              subscription_type = COALESCE($2, subscription_type), \
              oauth_email = COALESCE($3, oauth_email) WHERE id = $4",
-        )
+        ))
         .bind(scopes.map(str::to_owned))
         .bind(subscription_type.map(str::to_owned))
         .bind(email.map(str::to_owned))
@@ -424,10 +433,10 @@ impl AccountStore {
     /// OAuth facts of an account: scopes, subscription type, e-mail, last refresh,
     /// token version.
     pub async fn oauth_meta(&self, id: &str) -> Result<Option<OAuthMeta>, AccountStoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(&self.db.sql(
             "SELECT oauth_scopes, subscription_type, oauth_email, refreshed_at_ms, token_version \
              FROM accounts WHERE id = $1",
-        )
+        ))
         .bind(id)
         .fetch_optional(&self.db)
         .await?;
@@ -444,7 +453,7 @@ impl AccountStore {
 
     /// Every account, credentials opened, in name order.
     pub async fn list(&self) -> Result<Vec<Account>, AccountStoreError> {
-        let rows = sqlx::query(&format!("{SELECT_ACCOUNT} ORDER BY name"))
+        let rows = sqlx::query(&self.db.sql(&format!("{SELECT_ACCOUNT} ORDER BY name")))
             .fetch_all(&self.db)
             .await?;
         rows.iter().map(|r| self.row_to_account(r)).collect()

@@ -28,6 +28,7 @@ pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), DbError> {
     let mut migrator = match backend {
         Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
         Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        Backend::MySql => sqlx::migrate!("./migrations/mysql"),
     };
     migrator.set_ignore_missing(true);
     migrator.run(pool).await.map_err(DbError::Migrate)

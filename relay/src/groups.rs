@@ -5,6 +5,7 @@
 //! the same transaction.
 
 use chrono::{DateTime, Utc};
+use projections::Dialect as _;
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
@@ -57,22 +58,26 @@ impl GroupStore {
 
     /// Groups by id, one page, with the total.
     pub async fn list(&self, offset: i64, limit: i64) -> Result<(Vec<Group>, i64), sqlx::Error> {
-        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM account_groups")
+        let total: i64 = sqlx::query(&self.db.sql("SELECT COUNT(*) AS n FROM account_groups"))
             .fetch_one(&self.db)
             .await?
             .try_get("n")?;
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY g.id LIMIT $1 OFFSET $2"))
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.db)
-            .await?;
+        let rows = sqlx::query(
+            &self
+                .db
+                .sql(&format!("{SELECT} ORDER BY g.id LIMIT $1 OFFSET $2")),
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.db)
+        .await?;
         let groups = rows.iter().map(row_to_group).collect::<Result<_, _>>()?;
         Ok((groups, total))
     }
 
     /// A group by id.
     pub async fn get(&self, id: i64) -> Result<Option<Group>, sqlx::Error> {
-        sqlx::query(&format!("{SELECT} WHERE g.id = $1"))
+        sqlx::query(&self.db.sql(&format!("{SELECT} WHERE g.id = $1")))
             .bind(id)
             .fetch_optional(&self.db)
             .await?
@@ -83,7 +88,7 @@ impl GroupStore {
 
     /// A group by name.
     pub async fn by_name(&self, name: &str) -> Result<Option<Group>, sqlx::Error> {
-        sqlx::query(&format!("{SELECT} WHERE g.name = $1"))
+        sqlx::query(&self.db.sql(&format!("{SELECT} WHERE g.name = $1")))
             .bind(name)
             .fetch_optional(&self.db)
             .await?
@@ -94,12 +99,16 @@ impl GroupStore {
 
     /// Creates a group and returns it.
     pub async fn create(&self, name: &str, remark: &str) -> Result<Group, sqlx::Error> {
-        sqlx::query("INSERT INTO account_groups (name, remark, created_at_ms) VALUES ($1, $2, $3)")
-            .bind(name)
-            .bind(remark)
-            .bind(Utc::now().timestamp_millis())
-            .execute(&self.db)
-            .await?;
+        sqlx::query(
+            &self.db.sql(
+                "INSERT INTO account_groups (name, remark, created_at_ms) VALUES ($1, $2, $3)",
+            ),
+        )
+        .bind(name)
+        .bind(remark)
+        .bind(Utc::now().timestamp_millis())
+        .execute(&self.db)
+        .await?;
         self.by_name(name).await?.ok_or(sqlx::Error::RowNotFound)
     }
 
@@ -115,15 +124,15 @@ impl GroupStore {
         };
         let mut tx = self.db.begin().await?;
         if let Some(new) = name.filter(|n| *n != old.name) {
-            sqlx::query("UPDATE account_groups SET name = $1 WHERE id = $2")
+            sqlx::query(&tx.sql("UPDATE account_groups SET name = $1 WHERE id = $2"))
                 .bind(new)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
             for table in ["accounts", "api_keys"] {
-                sqlx::query(&format!(
+                sqlx::query(&tx.sql(&format!(
                     "UPDATE {table} SET group_name = $1 WHERE group_name = $2"
-                ))
+                )))
                 .bind(new)
                 .bind(&old.name)
                 .execute(&mut *tx)
@@ -131,7 +140,7 @@ impl GroupStore {
             }
         }
         if let Some(r) = remark {
-            sqlx::query("UPDATE account_groups SET remark = $1 WHERE id = $2")
+            sqlx::query(&tx.sql("UPDATE account_groups SET remark = $1 WHERE id = $2"))
                 .bind(r)
                 .bind(id)
                 .execute(&mut *tx)
@@ -143,7 +152,7 @@ impl GroupStore {
 
     /// Deletes a group.
     pub async fn delete(&self, id: i64) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query("DELETE FROM account_groups WHERE id = $1")
+        let done = sqlx::query(&self.db.sql("DELETE FROM account_groups WHERE id = $1"))
             .bind(id)
             .execute(&self.db)
             .await?;

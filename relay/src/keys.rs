@@ -10,6 +10,7 @@ use crate::crypto::{
     generate_key, key_last4 as last4, key_prefix, legacy_hash_key, KeyHasher, Secret,
 };
 use chrono::{DateTime, TimeZone, Utc};
+use projections::Dialect as _;
 use schema::{ApiKeyId, TenantId};
 use sqlx::{AnyPool, Row};
 use std::collections::HashMap;
@@ -249,11 +250,11 @@ impl KeyStore {
             limits: crate::limits::KeyLimits::default(),
             tenant_budget: None,
         };
-        sqlx::query(
+        sqlx::query(&self.db.sql(
             "INSERT INTO api_keys (id, name, tenant, key_hash, key_prefix, group_name, enabled, \
              expires_at_ms, created_at_ms, user_id, key_last4) \
              VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9, $10)",
-        )
+        ))
         .bind(key.id.as_str())
         .bind(&key.name)
         .bind(key.tenant.as_str())
@@ -286,22 +287,26 @@ impl KeyStore {
         } else {
             " AND k.revoked_at_ms IS NULL"
         };
-        let cond = format!("($1 = '' OR k.user_id = $1) AND ($2 = '' OR k.tenant = $2){revoked}");
+        let cond = format!("($1 = '' OR k.user_id = $2) AND ($3 = '' OR k.tenant = $4){revoked}");
         let user = f.user_id.clone().unwrap_or_default();
         let tenant = f.tenant.clone().unwrap_or_default();
-        let total: i64 = sqlx::query(&format!(
+        let total: i64 = sqlx::query(&self.db.sql(&format!(
             "SELECT COUNT(*) AS n FROM api_keys k WHERE {cond}"
-        ))
+        )))
         .bind(&user)
+        .bind(&user)
+        .bind(&tenant)
         .bind(&tenant)
         .fetch_one(&self.db)
         .await?
         .try_get("n")?;
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(&self.db.sql(&format!(
             "SELECT {COLUMNS} FROM api_keys k WHERE {cond} \
-             ORDER BY k.created_at_ms, k.id LIMIT $3 OFFSET $4"
-        ))
+             ORDER BY k.created_at_ms, k.id LIMIT $5 OFFSET $6"
+        )))
         .bind(&user)
+        .bind(&user)
+        .bind(&tenant)
         .bind(&tenant)
         .bind(limit)
         .bind(offset)
@@ -313,24 +318,28 @@ impl KeyStore {
 
     /// A key by id (revoked keys included).
     pub async fn get(&self, id: &str) -> Result<Option<ApiKey>, KeyStoreError> {
-        sqlx::query(&format!("SELECT {COLUMNS} FROM api_keys k WHERE k.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await?
-            .as_ref()
-            .map(row_to_key)
-            .transpose()
+        sqlx::query(
+            &self
+                .db
+                .sql(&format!("SELECT {COLUMNS} FROM api_keys k WHERE k.id = $1")),
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?
+        .as_ref()
+        .map(row_to_key)
+        .transpose()
     }
 
     /// Applies a patch to a key that is not revoked; `None` when there is none.
     pub async fn update(&self, id: &str, p: &KeyPatch) -> Result<Option<ApiKey>, KeyStoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&self.db.sql(
             "UPDATE api_keys SET name = COALESCE($1, name), \
              group_name = CASE WHEN $2 = 1 THEN $3 ELSE group_name END, \
              expires_at_ms = CASE WHEN $4 = 1 THEN $5 ELSE expires_at_ms END, \
              enabled = COALESCE($6, enabled), limits_json = COALESCE($8, limits_json) \
              WHERE id = $7 AND revoked_at_ms IS NULL",
-        )
+        ))
         .bind(p.name.clone())
         .bind(i64::from(p.group.is_some()))
         .bind(p.group.clone().flatten())
@@ -363,10 +372,10 @@ impl KeyStore {
 
     /// Revokes a key for good; `false` when it does not exist or was revoked before.
     pub async fn revoke(&self, id: &str, now: DateTime<Utc>) -> Result<bool, KeyStoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&self.db.sql(
             "UPDATE api_keys SET revoked_at_ms = $1, enabled = 0 \
              WHERE id = $2 AND revoked_at_ms IS NULL",
-        )
+        ))
         .bind(now.timestamp_millis())
         .bind(id)
         .execute(&self.db)
@@ -461,11 +470,15 @@ impl KeyStore {
         let Some(key) = self.fetch_by_hash(&legacy).await? else {
             return Ok(None);
         };
-        let moved = sqlx::query("UPDATE api_keys SET key_hash = $1 WHERE key_hash = $2")
-            .bind(keyed)
-            .bind(&legacy)
-            .execute(&self.db)
-            .await;
+        let moved = sqlx::query(
+            &self
+                .db
+                .sql("UPDATE api_keys SET key_hash = $1 WHERE key_hash = $2"),
+        )
+        .bind(keyed)
+        .bind(&legacy)
+        .execute(&self.db)
+        .await;
         if let Err(e) = moved {
             tracing::warn!(error = %e, "could not re-hash a legacy key; it keeps working");
         }
@@ -474,13 +487,13 @@ impl KeyStore {
 
     async fn fetch_by_hash(&self, hash: &str) -> Result<Option<Arc<ApiKey>>, AuthError> {
         // A key whose owner is disabled or deleted reads as disabled.
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(&self.db.sql(&format!(
             "SELECT {COLUMNS}, CASE WHEN k.user_id IS NULL THEN 1 \
              ELSE COALESCE(u.enabled, 0) END AS owner_enabled, \
              t.monthly_budget_usd AS tenant_budget, t.timezone AS tenant_tz \
              FROM api_keys k LEFT JOIN users u ON u.id = k.user_id \
              LEFT JOIN tenants t ON t.id = k.tenant WHERE k.key_hash = $1"
-        ))
+        )))
         .bind(hash)
         .fetch_optional(&self.db)
         .await

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
+use projections::Dialect as _;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -63,15 +64,18 @@ async fn auth_url(State(s): State<AppState>, Auth(a): Auth) -> Result<Json<AuthU
         .clamp(60, 86_400);
     let expires_at = now + Duration::seconds(ttl);
     // Lapsed logins are swept whenever a new one starts.
-    sqlx::query("DELETE FROM oauth_pending WHERE expires_at_ms < $1")
-        .bind(now.timestamp_millis())
-        .execute(&s.db)
-        .await
-        .map_err(internal)?;
     sqlx::query(
+        &s.db
+            .sql("DELETE FROM oauth_pending WHERE expires_at_ms < $1"),
+    )
+    .bind(now.timestamp_millis())
+    .execute(&s.db)
+    .await
+    .map_err(internal)?;
+    sqlx::query(&s.db.sql(
         "INSERT INTO oauth_pending (state, verifier_enc, created_by, expires_at_ms) \
          VALUES ($1, $2, $3, $4)",
-    )
+    ))
     .bind(&pkce.state)
     .bind(s.accounts.cipher().seal(&pkce.verifier))
     .bind(a.audit_name())
@@ -159,14 +163,25 @@ async fn take_pending(s: &AppState, state: &str) -> Result<Pkce, AdminError> {
     if state.len() > 128 {
         return Err(bad());
     }
+    // Read, then delete: the state is used once, by whoever deletes it (no
+    // `DELETE … RETURNING`, which MySQL lacks).
     let row = sqlx::query(
-        "DELETE FROM oauth_pending WHERE state = $1 RETURNING verifier_enc, expires_at_ms",
+        &s.db
+            .sql("SELECT verifier_enc, expires_at_ms FROM oauth_pending WHERE state = $1"),
     )
     .bind(state)
     .fetch_optional(&s.db)
     .await
     .map_err(internal)?
     .ok_or_else(bad)?;
+    let taken = sqlx::query(&s.db.sql("DELETE FROM oauth_pending WHERE state = $1"))
+        .bind(state)
+        .execute(&s.db)
+        .await
+        .map_err(internal)?;
+    if taken.rows_affected() != 1 {
+        return Err(bad());
+    }
     let expires: i64 = row.try_get("expires_at_ms").map_err(internal)?;
     if expires < Utc::now().timestamp_millis() {
         return Err(bad());

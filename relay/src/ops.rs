@@ -6,12 +6,16 @@ use crate::app::AppState;
 use axum::extract::State;
 use axum::Json;
 use chrono::Utc;
+use projections::Dialect as _;
 use serde_json::json;
 use std::collections::BTreeMap;
 
 /// `GET /api/v1/status`.
 pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let db_ok = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
+    let db_ok = sqlx::query(&state.db.sql("SELECT 1"))
+        .execute(&state.db)
+        .await
+        .is_ok();
     let head = state.log.head().await;
     let lag = projections::read::lag(
         &state.db,

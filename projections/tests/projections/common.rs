@@ -1,4 +1,4 @@
-//! Test support: databases on SQLite and PostgreSQL, an in-memory log that stores
+//! Test support: databases on SQLite, PostgreSQL and MariaDB, an in-memory log that stores
 //! duplicates at new positions (as JetStream does after its dedup window), event
 //! builders and a row-by-row table dump.
 
@@ -18,9 +18,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// Generates a `sqlite` and a `postgres` test for each named `async fn(&TestDb)`.
+/// Generates a `sqlite`, a `postgres` and a `mysql` (MariaDB) test for each named
+/// `async fn(&TestDb)`.
 #[macro_export]
-macro_rules! both {
+macro_rules! each_backend {
     ($($name:ident),* $(,)?) => { $(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,6 +36,12 @@ macro_rules! both {
                 super::$name(&db).await;
                 db.cleanup().await;
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                let db = $crate::common::TestDb::mysql().await;
+                super::$name(&db).await;
+                db.cleanup().await;
+            }
         }
     )* };
 }
@@ -43,7 +50,8 @@ macro_rules! both {
 pub struct TestDb {
     pub pool: AnyPool,
     pub backend: &'static str,
-    pg: Option<(String, String)>,
+    /// The server's admin URL and the database's name (PostgreSQL, MySQL).
+    server: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -52,6 +60,20 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 fn pg_base() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn my_base() -> String {
+    std::env::var("TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/mysql".to_owned())
+}
+
+/// `scheme://user@host:port` of a URL that names a database.
+fn server_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
 }
 
 impl TestDb {
@@ -63,7 +85,7 @@ impl TestDb {
         TestDb {
             pool,
             backend: "sqlite",
-            pg: None,
+            server: None,
             _dir: Some(dir),
         }
     }
@@ -94,25 +116,60 @@ impl TestDb {
         TestDb {
             pool,
             backend: "postgres",
-            pg: Some((base, name)),
+            server: Some((base, name)),
+            _dir: None,
+        }
+    }
+
+    pub async fn mysql() -> TestDb {
+        sqlx::any::install_default_drivers();
+        let base = my_base();
+        let name = format!(
+            "projections_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            Uuid::now_v7().simple()
+        );
+        let mut admin = AnyConnection::connect(&base).await.unwrap_or_else(|e| {
+            panic!("MariaDB or MySQL at {base} is required (set TEST_MYSQL_URL): {e}")
+        });
+        sqlx::raw_sql(&format!(
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        admin.close().await.unwrap();
+        let url = format!("{}/{name}", server_of(&base));
+        let pool = projections::connect(&url).await.unwrap();
+        projections::migrate(&pool).await.unwrap();
+        TestDb {
+            pool,
+            backend: "mysql",
+            server: Some((base, name)),
             _dir: None,
         }
     }
 
     /// Another empty database on the same backend.
     pub async fn another(&self) -> TestDb {
-        if self.backend == "sqlite" {
-            TestDb::sqlite().await
-        } else {
-            TestDb::postgres().await
+        match self.backend {
+            "sqlite" => TestDb::sqlite().await,
+            "postgres" => TestDb::postgres().await,
+            _ => TestDb::mysql().await,
         }
     }
 
     pub async fn cleanup(self) {
         self.pool.close().await;
-        if let Some((base, name)) = self.pg {
+        if let Some((base, name)) = self.server {
             let mut admin = AnyConnection::connect(&base).await.unwrap();
-            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            let force = if self.backend == "postgres" {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}{force}"))
                 .execute(&mut admin)
                 .await
                 .unwrap();

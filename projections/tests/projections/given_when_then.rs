@@ -1,11 +1,12 @@
 //! Given events → expect rows, one projection behaviour per test.
 
-use crate::both;
 use crate::common::*;
+use crate::each_backend;
 use chrono::NaiveDate;
 use ingest::EventLog;
 use projections::money::nanos_to_usd;
 use projections::read::{self, GroupBy, Period, UsageFilter};
+use projections::Dialect as _;
 use rust_decimal::Decimal;
 use schema::{HealthEvidence, HealthReason, HealthState, Outcome};
 use sqlx::Row;
@@ -31,9 +32,9 @@ fn nov() -> UsageFilter {
 }
 
 async fn ledger_cost(db: &TestDb, event_id: &str) -> (i64, i64, String, String) {
-    let r = sqlx::query(
+    let r = sqlx::query(&db.pool.sql(
         "SELECT cost_nanos, priced_by_fallback, price_key, price_version FROM usage_ledger WHERE event_id = $1",
-    )
+    ))
     .bind(event_id)
     .fetch_one(&db.pool)
     .await
@@ -41,7 +42,7 @@ async fn ledger_cost(db: &TestDb, event_id: &str) -> (i64, i64, String, String) 
     (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
-both!(
+each_backend!(
     the_final_usage_is_priced_with_all_five_token_kinds,
     one_hour_cache_writes_cost_twice_the_input_price,
     same_event_id_twice_counts_once,

@@ -1,5 +1,5 @@
-//! Integration tests of the projections crate: given events, expect rows; on SQLite and
-//! PostgreSQL (every test body runs on both).
+//! Integration tests of the projections crate: given events, expect rows; on SQLite,
+//! PostgreSQL and MariaDB (every test body runs on each).
 
 #![expect(
     clippy::unwrap_used,

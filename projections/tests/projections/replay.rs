@@ -1,14 +1,14 @@
 //! Rebuild and reprice.
 
-use crate::both;
 use crate::common::*;
+use crate::each_backend;
 use crate::runner::workload;
 use chrono::NaiveDate;
 use projections::{PriceTable, Projection};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 
-both!(
+each_backend!(
     rebuild_one_projection_restores_identical_rows,
     reprice_matches_a_rebuild_with_the_new_table,
     reprice_applies_to_per_use_prices

@@ -1,9 +1,10 @@
 //! The projector: crash and restart, stream errors, leases, checkpoints, lag.
 
-use crate::both;
 use crate::common::*;
+use crate::each_backend;
 use futures::StreamExt;
 use ingest::{Appended, EventLog, EventStream, LogError, Position};
+use projections::Dialect as _;
 use projections::{Projection, Projector, ProjectorOptions};
 use schema::{Envelope, HealthEvidence, HealthReason, HealthState, Outcome};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-both!(
+each_backend!(
     failure_mid_batch_then_restart_gives_identical_rows,
     aborted_task_then_restart_gives_identical_rows,
     stream_error_resubscribes_from_checkpoint,
@@ -376,12 +377,14 @@ async fn lease_of_a_process_that_is_gone_is_taken_over_at_once(db: &TestDb) {
                 .execute(&pool)
                 .await
                 .unwrap();
-            sqlx::query("INSERT INTO leases (name, holder, until_ms) VALUES ('usage', $1, $2)")
-                .bind(holder)
-                .bind(far)
-                .execute(&pool)
-                .await
-                .unwrap();
+            sqlx::query(
+                &pool.sql("INSERT INTO leases (name, holder, until_ms) VALUES ('usage', $1, $2)"),
+            )
+            .bind(holder)
+            .bind(far)
+            .execute(&pool)
+            .await
+            .unwrap();
         }
     };
     // A live holder (this very process, another runner) keeps its lease.

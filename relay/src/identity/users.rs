@@ -1,6 +1,7 @@
 //! Users and tenants in the database.
 
 use chrono::{DateTime, Utc};
+use projections::Dialect as _;
 use schema::TenantId;
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
@@ -178,10 +179,10 @@ impl UserStore {
 
     /// Creates the tenant if it does not exist yet.
     pub async fn ensure_tenant(&self, id: &TenantId, name: &str) -> Result<(), UserStoreError> {
-        sqlx::query(
+        sqlx::query(&self.db.sql(
             "INSERT INTO tenants (id, name, created_at_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO NOTHING",
-        )
+        ))
         .bind(id.as_str())
         .bind(name)
         .bind(Utc::now().timestamp_millis())
@@ -192,11 +193,13 @@ impl UserStore {
 
     /// Whether a tenant exists.
     pub async fn tenant_exists(&self, id: &TenantId) -> Result<bool, UserStoreError> {
-        Ok(sqlx::query("SELECT id FROM tenants WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.db)
-            .await?
-            .is_some())
+        Ok(
+            sqlx::query(&self.db.sql("SELECT id FROM tenants WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&self.db)
+                .await?
+                .is_some(),
+        )
     }
 
     /// Tenants, by id, one page.
@@ -205,22 +208,26 @@ impl UserStore {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<Tenant>, i64), UserStoreError> {
-        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tenants")
+        let total: i64 = sqlx::query(&self.db.sql("SELECT COUNT(*) AS n FROM tenants"))
             .fetch_one(&self.db)
             .await?
             .try_get("n")?;
-        let rows = sqlx::query(&format!("{TENANT_SELECT} ORDER BY id LIMIT $1 OFFSET $2"))
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.db)
-            .await?;
+        let rows = sqlx::query(
+            &self
+                .db
+                .sql(&format!("{TENANT_SELECT} ORDER BY id LIMIT $1 OFFSET $2")),
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.db)
+        .await?;
         let out = rows.iter().map(row_to_tenant).collect::<Result<_, _>>()?;
         Ok((out, total))
     }
 
     /// One tenant.
     pub async fn tenant(&self, id: &str) -> Result<Option<Tenant>, UserStoreError> {
-        sqlx::query(&format!("{TENANT_SELECT} WHERE id = $1"))
+        sqlx::query(&self.db.sql(&format!("{TENANT_SELECT} WHERE id = $1")))
             .bind(id)
             .fetch_optional(&self.db)
             .await?
@@ -236,11 +243,11 @@ impl UserStore {
         budget: Option<Option<rust_decimal::Decimal>>,
         timezone: Option<Option<String>>,
     ) -> Result<bool, UserStoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&self.db.sql(
             "UPDATE tenants SET \
              monthly_budget_usd = CASE WHEN $1 = 1 THEN $2 ELSE monthly_budget_usd END, \
              timezone = CASE WHEN $3 = 1 THEN $4 ELSE timezone END WHERE id = $5",
-        )
+        ))
         .bind(i64::from(budget.is_some()))
         .bind(budget.flatten().map(|b| b.normalize().to_string()))
         .bind(i64::from(timezone.is_some()))
@@ -256,10 +263,10 @@ impl UserStore {
         self.ensure_tenant(&new.tenant, new.tenant.as_str()).await?;
         let id = format!("usr_{}", Uuid::now_v7().simple());
         let now = Utc::now();
-        sqlx::query(
+        sqlx::query(&self.db.sql(
             "INSERT INTO users (id, username, email, password_hash, role, enabled, tenant, \
              created_at_ms, token_epoch) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, 0)",
-        )
+        ))
         .bind(&id)
         .bind(&new.username)
         .bind(&new.email)
@@ -303,10 +310,14 @@ impl UserStore {
         } else {
             "username"
         };
-        let row = sqlx::query(&format!("SELECT id FROM users WHERE {col} = $1"))
-            .bind(value)
-            .fetch_optional(&self.db)
-            .await?;
+        let row = sqlx::query(
+            &self
+                .db
+                .sql(&format!("SELECT id FROM users WHERE {col} = $1")),
+        )
+        .bind(value)
+        .fetch_optional(&self.db)
+        .await?;
         Ok(match row {
             None => false,
             Some(r) => {
@@ -322,10 +333,14 @@ impl UserStore {
         value: &str,
     ) -> Result<Option<(User, String)>, UserStoreError> {
         let col = if column == "id" { "id" } else { "username" };
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM users WHERE {col} = $1"))
-            .bind(value)
-            .fetch_optional(&self.db)
-            .await?;
+        let row = sqlx::query(
+            &self
+                .db
+                .sql(&format!("SELECT {COLUMNS} FROM users WHERE {col} = $1")),
+        )
+        .bind(value)
+        .fetch_optional(&self.db)
+        .await?;
         row.as_ref().map(row_to_user).transpose()
     }
 
@@ -338,16 +353,20 @@ impl UserStore {
     ) -> Result<(Vec<User>, i64), UserStoreError> {
         let (cond, t) = match tenant {
             Some(t) => ("WHERE tenant = $1", t.as_str().to_owned()),
-            None => ("WHERE $1 = $1", String::new()),
+            None => ("WHERE $1 = ''", String::new()),
         };
-        let total: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM users {cond}"))
-            .bind(&t)
-            .fetch_one(&self.db)
-            .await?
-            .try_get("n")?;
-        let rows = sqlx::query(&format!(
+        let total: i64 = sqlx::query(
+            &self
+                .db
+                .sql(&format!("SELECT COUNT(*) AS n FROM users {cond}")),
+        )
+        .bind(&t)
+        .fetch_one(&self.db)
+        .await?
+        .try_get("n")?;
+        let rows = sqlx::query(&self.db.sql(&format!(
             "SELECT {COLUMNS} FROM users {cond} ORDER BY created_at_ms, id LIMIT $2 OFFSET $3"
-        ))
+        )))
         .bind(&t)
         .bind(limit)
         .bind(offset)
@@ -362,17 +381,19 @@ impl UserStore {
 
     /// Number of enabled admins.
     pub async fn enabled_admins(&self) -> Result<i64, UserStoreError> {
-        Ok(
-            sqlx::query("SELECT COUNT(*) AS n FROM users WHERE role = 'admin' AND enabled = 1")
-                .fetch_one(&self.db)
-                .await?
-                .try_get("n")?,
+        Ok(sqlx::query(
+            &self
+                .db
+                .sql("SELECT COUNT(*) AS n FROM users WHERE role = 'admin' AND enabled = 1"),
         )
+        .fetch_one(&self.db)
+        .await?
+        .try_get("n")?)
     }
 
     /// Number of users.
     pub async fn count(&self) -> Result<i64, UserStoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")
+        Ok(sqlx::query(&self.db.sql("SELECT COUNT(*) AS n FROM users"))
             .fetch_one(&self.db)
             .await?
             .try_get("n")?)
@@ -386,12 +407,12 @@ impl UserStore {
         }
         let bump =
             i64::from(p.role.is_some() || p.enabled == Some(false) || p.password_hash.is_some());
-        let done = sqlx::query(
+        let done = sqlx::query(&self.db.sql(
             "UPDATE users SET email = COALESCE($1, email), role = COALESCE($2, role), \
              enabled = COALESCE($3, enabled), tenant = COALESCE($4, tenant), \
              password_hash = COALESCE($5, password_hash), token_epoch = token_epoch + $6 \
              WHERE id = $7",
-        )
+        ))
         .bind(p.email.clone())
         .bind(p.role.map(|r| r.as_str()))
         .bind(p.enabled.map(i64::from))
@@ -409,7 +430,7 @@ impl UserStore {
 
     /// Deletes a user; their keys are revoked by the caller.
     pub async fn delete(&self, id: &str) -> Result<bool, UserStoreError> {
-        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+        let done = sqlx::query(&self.db.sql("DELETE FROM users WHERE id = $1"))
             .bind(id)
             .execute(&self.db)
             .await?;

@@ -25,6 +25,7 @@ use super::{rules, usd, KeyLimits, LimitName, Rejection};
 use crate::keys::ApiKey;
 use chrono::{DateTime, Utc, Weekday};
 use chrono_tz::Tz;
+use projections::Dialect as _;
 use projections::{Backend, PriceTable};
 use sqlx::{AnyPool, Row};
 use std::collections::HashMap;
@@ -340,10 +341,10 @@ impl Limiter {
         } else {
             "api_key"
         };
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(&self.db.sql(&format!(
             "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM usage_ledger \
              WHERE {col} = $1 AND occurred_at_ms >= $2 AND occurred_at_ms < $3"
-        ))
+        )))
         .bind(owner)
         .bind(*start_ms)
         .bind(end_ms.unwrap_or(i64::MAX))
@@ -672,7 +673,7 @@ impl Limiter {
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => self.db.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.db.begin().await,
+            Backend::Postgres | Backend::MySql => self.db.begin().await,
         }
     }
 
@@ -681,14 +682,16 @@ impl Limiter {
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         scope: &str,
     ) -> Result<(), sqlx::Error> {
-        if self.backend == Backend::Postgres {
+        if self.backend != Backend::Sqlite {
             sqlx::query(
-                "INSERT INTO limit_locks (scope) VALUES ($1) ON CONFLICT (scope) DO NOTHING",
+                &tx.sql(
+                    "INSERT INTO limit_locks (scope) VALUES ($1) ON CONFLICT (scope) DO NOTHING",
+                ),
             )
             .bind(scope)
             .execute(&mut **tx)
             .await?;
-            sqlx::query("SELECT scope FROM limit_locks WHERE scope = $1 FOR UPDATE")
+            sqlx::query(&tx.sql("SELECT scope FROM limit_locks WHERE scope = $1 FOR UPDATE"))
                 .bind(scope)
                 .fetch_one(&mut **tx)
                 .await?;
@@ -729,10 +732,10 @@ impl Limiter {
                 } else {
                     "api_key"
                 };
-                let row = sqlx::query(&format!(
+                let row = sqlx::query(&tx.sql(&format!(
                     "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM usage_ledger \
                      WHERE {col} = $1 AND occurred_at_ms >= $2 AND occurred_at_ms < $3"
-                ))
+                )))
                 .bind(owner)
                 .bind(*start_ms)
                 .bind(end_ms.unwrap_or(i64::MAX))
@@ -742,10 +745,10 @@ impl Limiter {
             }
             _ => 0,
         };
-        let others: i64 = sqlx::query(
+        let others: i64 = sqlx::query(&tx.sql(
             "SELECT CAST(COALESCE(SUM(granted), 0) AS BIGINT) AS n FROM limit_leases \
              WHERE scope = $1 AND relay <> $2 AND updated_at_ms >= $3",
-        )
+        ))
         .bind(&scope.name)
         .bind(&self.relay)
         .bind(fresh)
@@ -765,10 +768,8 @@ impl Limiter {
         };
         let grow = slice.min(available);
         if grow >= need && grow > 0 {
-            sqlx::query(
-                "INSERT INTO limit_leases (scope, relay, granted, updated_at_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (scope, relay) DO UPDATE SET granted = excluded.granted, updated_at_ms = excluded.updated_at_ms",
-            )
+            sqlx::query(&tx.sql("INSERT INTO limit_leases (scope, relay, granted, updated_at_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (scope, relay) DO UPDATE SET granted = excluded.granted, updated_at_ms = excluded.updated_at_ms"))
             .bind(&scope.name)
             .bind(&self.relay)
             .bind(own + grow)
@@ -802,11 +803,12 @@ impl Limiter {
         now_ms: i64,
     ) -> Result<Option<u64>, sqlx::Error> {
         let cap = rpm.saturating_mul(1000);
-        let row =
-            sqlx::query("SELECT tokens_milli, refilled_at_ms FROM limit_buckets WHERE scope = $1")
-                .bind(&scope.name)
-                .fetch_optional(&mut **tx)
-                .await?;
+        let row = sqlx::query(
+            &tx.sql("SELECT tokens_milli, refilled_at_ms FROM limit_buckets WHERE scope = $1"),
+        )
+        .bind(&scope.name)
+        .fetch_optional(&mut **tx)
+        .await?;
         let (mut tokens, at) = match row {
             Some(r) => (
                 r.try_get::<i64, _>("tokens_milli")?,
@@ -819,10 +821,8 @@ impl Limiter {
         let slice = want.max(rpm / 20).max(1);
         let take = slice.min(tokens / 1000);
         tokens -= take * 1000;
-        sqlx::query(
-            "INSERT INTO limit_buckets (scope, tokens_milli, refilled_at_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (scope) DO UPDATE SET tokens_milli = excluded.tokens_milli, refilled_at_ms = excluded.refilled_at_ms",
-        )
+        sqlx::query(&tx.sql("INSERT INTO limit_buckets (scope, tokens_milli, refilled_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (scope) DO UPDATE SET tokens_milli = excluded.tokens_milli, refilled_at_ms = excluded.refilled_at_ms"))
         .bind(&scope.name)
         .bind(tokens)
         .bind(now_ms)
@@ -854,7 +854,7 @@ impl Limiter {
             }
         }
         // Give everything back so other relays need not wait for the TTL.
-        let _ = sqlx::query("DELETE FROM limit_leases WHERE relay = $1")
+        let _ = sqlx::query(&self.db.sql("DELETE FROM limit_leases WHERE relay = $1"))
             .bind(&self.relay)
             .execute(&self.db)
             .await;
@@ -878,6 +878,7 @@ impl Limiter {
                     "SELECT DISTINCT request_id FROM usage_ledger WHERE request_id IN ({})",
                     marks.join(", ")
                 );
+                let sql = self.db.sql(&sql);
                 let mut q = sqlx::query(&sql);
                 for id in chunk {
                     q = q.bind(id);
@@ -912,9 +913,11 @@ impl Limiter {
                 let mut tx = self.begin().await?;
                 self.lock_scope(&mut tx, &scope.name).await?;
                 let cap = lock(&scope.limit).saturating_mul(1000);
-                sqlx::query("UPDATE limit_buckets SET tokens_milli = CASE WHEN tokens_milli + $1 > $2 THEN $2 ELSE tokens_milli + $1 END WHERE scope = $3")
+                sqlx::query(&tx.sql("UPDATE limit_buckets SET tokens_milli = CASE WHEN tokens_milli + $1 > $2 THEN $3 ELSE tokens_milli + $4 END WHERE scope = $5"))
                     .bind(give_back * 1000)
                     .bind(cap)
+                    .bind(cap)
+                    .bind(give_back * 1000)
                     .bind(&scope.name)
                     .execute(&mut *tx)
                     .await?;
@@ -940,10 +943,8 @@ impl Limiter {
                 }
             }
             if !matches!(scope.kind, Kind::Rpm) {
-                sqlx::query(
-                    "INSERT INTO limit_leases (scope, relay, granted, updated_at_ms) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (scope, relay) DO UPDATE SET granted = excluded.granted, updated_at_ms = excluded.updated_at_ms",
-                )
+                sqlx::query(&self.db.sql("INSERT INTO limit_leases (scope, relay, granted, updated_at_ms) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (scope, relay) DO UPDATE SET granted = excluded.granted, updated_at_ms = excluded.updated_at_ms"))
                 .bind(&scope.name)
                 .bind(&self.relay)
                 .bind(granted)
@@ -960,10 +961,14 @@ impl Limiter {
                 && l.unprojected.is_empty()
                 && l.last_used.elapsed() > Duration::from_secs(60))
         });
-        let _ = sqlx::query("DELETE FROM limit_leases WHERE updated_at_ms < $1")
-            .bind(now_ms - 10 * i64::try_from(LEASE_TTL.as_millis()).unwrap_or(30_000))
-            .execute(&self.db)
-            .await;
+        let _ = sqlx::query(
+            &self
+                .db
+                .sql("DELETE FROM limit_leases WHERE updated_at_ms < $1"),
+        )
+        .bind(now_ms - 10 * i64::try_from(LEASE_TTL.as_millis()).unwrap_or(30_000))
+        .execute(&self.db)
+        .await;
         Ok(())
     }
 
@@ -986,9 +991,7 @@ impl Limiter {
         let fresh = now.timestamp_millis() - i64::try_from(LEASE_TTL.as_millis()).unwrap_or(30_000);
         let mut out = Vec::new();
         let held_elsewhere = |name: String| async move {
-            let r = sqlx::query(
-                "SELECT CAST(COALESCE(SUM(granted), 0) AS BIGINT) AS n FROM limit_leases WHERE scope = $1 AND updated_at_ms >= $2",
-            )
+            let r = sqlx::query(&self.db.sql("SELECT CAST(COALESCE(SUM(granted), 0) AS BIGINT) AS n FROM limit_leases WHERE scope = $1 AND updated_at_ms >= $2"))
             .bind(name)
             .bind(fresh)
             .fetch_one(&self.db)
@@ -1011,10 +1014,10 @@ impl Limiter {
             } else {
                 "api_key"
             };
-            let spent: i64 = sqlx::query(&format!(
+            let spent: i64 = sqlx::query(&self.db.sql(&format!(
                 "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM usage_ledger \
                  WHERE {col} = $1 AND occurred_at_ms >= $2 AND occurred_at_ms < $3"
-            ))
+            )))
             .bind(owner)
             .bind(*start_ms)
             .bind(end_ms.unwrap_or(i64::MAX))

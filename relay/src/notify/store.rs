@@ -4,6 +4,7 @@
 use super::payload::{Destination, TargetKind};
 use crate::crypto::{Cipher, CryptoError, Secret};
 use chrono::{DateTime, Utc};
+use projections::Dialect as _;
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
@@ -218,19 +219,19 @@ impl NotifyStore {
     ) -> Result<(Vec<Target>, i64), NotifyStoreError> {
         let (filter, bind) = match tenant {
             Some(t) => ("WHERE tenant = $1", t),
-            None => ("WHERE $1 = $1", ""),
+            None => ("WHERE $1 = ''", ""),
         };
-        let total: i64 = sqlx::query(&format!(
+        let total: i64 = sqlx::query(&self.db.sql(&format!(
             "SELECT COUNT(*) AS n FROM notification_targets {filter}"
-        ))
+        )))
         .bind(bind)
         .fetch_one(&self.db)
         .await?
         .try_get("n")?;
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(&self.db.sql(&format!(
             "SELECT {TARGET_COLUMNS} FROM notification_targets {filter} \
              ORDER BY created_at_ms, id LIMIT $2 OFFSET $3"
-        ))
+        )))
         .bind(bind)
         .bind(limit)
         .bind(offset)
@@ -242,9 +243,9 @@ impl NotifyStore {
 
     /// Every enabled target with its destination opened (for the notifier).
     pub async fn enabled(&self) -> Result<Vec<(Target, Destination)>, NotifyStoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(&self.db.sql(&format!(
             "SELECT {TARGET_COLUMNS}, url_sealed FROM notification_targets WHERE enabled = 1"
-        ))
+        )))
         .fetch_all(&self.db)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -273,9 +274,9 @@ impl NotifyStore {
 
     /// A target by id, with its destination opened.
     pub async fn get(&self, id: &str) -> Result<Option<(Target, Destination)>, NotifyStoreError> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(&self.db.sql(&format!(
             "SELECT {TARGET_COLUMNS}, url_sealed FROM notification_targets WHERE id = $1"
-        ))
+        )))
         .bind(id)
         .fetch_optional(&self.db)
         .await?;
@@ -293,11 +294,11 @@ impl NotifyStore {
     pub async fn create(&self, new: NewTarget) -> Result<Target, NotifyStoreError> {
         let id = format!("ntf_{}", uuid::Uuid::now_v7().simple());
         let now = Utc::now().timestamp_millis();
-        sqlx::query(
+        sqlx::query(&self.db.sql(
             "INSERT INTO notification_targets (id, tenant, kind, name, url_sealed, url_display, \
              address, secret_sealed, events, rate_per_min, enabled, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
-        )
+        ))
         .bind(&id)
         .bind(new.tenant.unwrap_or_default())
         .bind(new.kind.as_str())
@@ -364,6 +365,7 @@ impl NotifyStore {
         for (col, text, int) in changes {
             // `col` is one of the literal column names above, never input.
             let sql = format!("UPDATE notification_targets SET {col} = $1 WHERE id = $2");
+            let sql = tx.sql(&sql);
             let q = sqlx::query(&sql);
             let q = match int {
                 Some(i) => q.bind(i),
@@ -371,11 +373,13 @@ impl NotifyStore {
             };
             q.bind(id).execute(&mut *tx).await?;
         }
-        let done = sqlx::query("UPDATE notification_targets SET updated_at_ms = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            &tx.sql("UPDATE notification_targets SET updated_at_ms = $1 WHERE id = $2"),
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         if done.rows_affected() == 0 {
             return Ok(None);
@@ -386,14 +390,14 @@ impl NotifyStore {
     /// Deletes a target; its pending deliveries are cancelled, its log is kept.
     pub async fn delete(&self, id: &str) -> Result<bool, NotifyStoreError> {
         let mut tx = self.db.begin().await?;
-        let done = sqlx::query("DELETE FROM notification_targets WHERE id = $1")
+        let done = sqlx::query(&tx.sql("DELETE FROM notification_targets WHERE id = $1"))
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        sqlx::query(&tx.sql(
             "UPDATE notification_deliveries SET status = 'cancelled' \
              WHERE target_id = $1 AND status = 'pending'",
-        )
+        ))
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -410,21 +414,26 @@ impl NotifyStore {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<Delivery>, i64), NotifyStoreError> {
-        let filter = "WHERE ($1 = '' OR tenant = $1) AND ($2 = '' OR target_id = $2)";
-        let total: i64 = sqlx::query(&format!(
+        let filter = "WHERE ($1 = '' OR tenant = $2) AND ($3 = '' OR target_id = $4)";
+        let (tenant, target) = (tenant.unwrap_or_default(), target.unwrap_or_default());
+        let total: i64 = sqlx::query(&self.db.sql(&format!(
             "SELECT COUNT(*) AS n FROM notification_deliveries {filter}"
-        ))
-        .bind(tenant.unwrap_or_default())
-        .bind(target.unwrap_or_default())
+        )))
+        .bind(tenant)
+        .bind(tenant)
+        .bind(target)
+        .bind(target)
         .fetch_one(&self.db)
         .await?
         .try_get("n")?;
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(&self.db.sql(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM notification_deliveries {filter} \
-             ORDER BY created_at_ms DESC, event_id DESC LIMIT $3 OFFSET $4"
-        ))
-        .bind(tenant.unwrap_or_default())
-        .bind(target.unwrap_or_default())
+             ORDER BY created_at_ms DESC, event_id DESC LIMIT $5 OFFSET $6"
+        )))
+        .bind(tenant)
+        .bind(tenant)
+        .bind(target)
+        .bind(target)
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.db)
@@ -446,12 +455,12 @@ impl NotifyStore {
             Ok(code) => ("delivered", Some(i64::from(*code)), String::new()),
             Err((code, e)) => ("failed", code.map(i64::from), e.clone()),
         };
-        sqlx::query(
+        sqlx::query(&self.db.sql(
             "INSERT INTO notification_deliveries (event_id, target_id, tenant, kind, status, \
              attempts, created_at_ms, next_attempt_at_ms, last_attempt_at_ms, delivered_at_ms, \
              response_status, last_error) \
              VALUES ($1, $2, $3, 'test', $4, 1, $5, $5, $5, $6, $7, $8)",
-        )
+        ))
         .bind(event_id)
         .bind(&target.id)
         .bind(target.tenant.clone().unwrap_or_default())
@@ -462,10 +471,10 @@ impl NotifyStore {
         .bind(error)
         .execute(&self.db)
         .await?;
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(&self.db.sql(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM notification_deliveries \
              WHERE event_id = $1 AND target_id = $2"
-        ))
+        )))
         .bind(event_id)
         .bind(&target.id)
         .fetch_one(&self.db)

@@ -15,6 +15,7 @@ use chrono_tz::Tz;
 use futures::StreamExt;
 use ingest::EventLog;
 use projections::notifications::{Audience, OutboxRow};
+use projections::Dialect as _;
 use sqlx::Row;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -164,11 +165,11 @@ async fn recent_deliveries(
     now: DateTime<Utc>,
 ) -> Result<HashMap<String, u32>, NotifyStoreError> {
     let mut recent: HashMap<String, u32> = HashMap::new();
-    for r in sqlx::query(
+    for r in sqlx::query(&db.sql(
         "SELECT target_id, COUNT(*) AS n FROM notification_deliveries \
          WHERE created_at_ms > $1 AND status <> 'dropped' AND kind <> 'test' \
          GROUP BY target_id",
-    )
+    ))
     .bind(now.timestamp_millis() - 60_000)
     .fetch_all(db)
     .await?
@@ -215,12 +216,12 @@ async fn queue(
                 ),
             )
         };
-        sqlx::query(
+        sqlx::query(&tx.sql(
             "INSERT INTO notification_deliveries (event_id, target_id, tenant, kind, \
              status, attempts, created_at_ms, next_attempt_at_ms, last_error) \
              VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7) \
              ON CONFLICT (event_id, target_id) DO NOTHING",
-        )
+        ))
         .bind(event_id)
         .bind(&t.id)
         .bind(t.tenant.clone().unwrap_or_default())
@@ -264,10 +265,10 @@ pub async fn write_direct(
         queue(&mut tx, &targets, &row.event_id, &subject, &mut recent, now).await?;
     }
     if let Some((name, position)) = extra {
-        sqlx::query(
+        sqlx::query(&tx.sql(
             "INSERT INTO notifier_cursor (name, position) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
+        ))
         .bind(name)
         .bind(position)
         .execute(&mut *tx)
@@ -452,13 +453,14 @@ impl Notifier {
             return Ok(());
         };
         let db = self.store.db();
-        let done = sqlx::query("SELECT position FROM notifier_cursor WHERE name = 'digest'")
-            .fetch_optional(db)
-            .await?
-            .map(|r| r.try_get::<i64, _>("position"))
-            .transpose()?
-            .and_then(|n| i32::try_from(n).ok())
-            .and_then(NaiveDate::from_num_days_from_ce_opt);
+        let done =
+            sqlx::query(&db.sql("SELECT position FROM notifier_cursor WHERE name = 'digest'"))
+                .fetch_optional(db)
+                .await?
+                .map(|r| r.try_get::<i64, _>("position"))
+                .transpose()?
+                .and_then(|n| i32::try_from(n).ok())
+                .and_then(NaiveDate::from_num_days_from_ce_opt);
         let days = digest::due_days(now, tz, self.digest_hour, done);
         if days.is_empty() {
             return Ok(());
@@ -499,15 +501,16 @@ impl Notifier {
         now: DateTime<Utc>,
     ) -> Result<bool, NotifyStoreError> {
         let db = self.store.db();
-        let cursor: i64 = sqlx::query("SELECT position FROM notifier_cursor WHERE name = 'outbox'")
-            .fetch_optional(db)
-            .await?
-            .map(|r| r.try_get::<i64, _>("position"))
-            .transpose()?
-            .unwrap_or(0);
-        let rows = sqlx::query(&format!(
+        let cursor: i64 =
+            sqlx::query(&db.sql("SELECT position FROM notifier_cursor WHERE name = 'outbox'"))
+                .fetch_optional(db)
+                .await?
+                .map(|r| r.try_get::<i64, _>("position"))
+                .transpose()?
+                .unwrap_or(0);
+        let rows = sqlx::query(&db.sql(&format!(
             "{OUTBOX_SELECT} WHERE o.position > $1 ORDER BY o.position LIMIT $2"
-        ))
+        )))
         .bind(cursor)
         .bind(OUTBOX_PAGE)
         .fetch_all(db)
@@ -535,10 +538,10 @@ impl Notifier {
             };
             queue(&mut tx, targets, &event_id, &subject, &mut recent, now).await?;
         }
-        sqlx::query(
+        sqlx::query(&tx.sql(
             "INSERT INTO notifier_cursor (name, position) VALUES ('outbox', $1) \
              ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
+        ))
         .bind(last)
         .execute(&mut *tx)
         .await?;
@@ -553,13 +556,13 @@ impl Notifier {
         now: DateTime<Utc>,
     ) -> Result<(), NotifyStoreError> {
         let db = self.store.db();
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(&db.sql(&format!(
             "SELECT d.target_id, d.attempts, d.created_at_ms AS queued_at_ms, q.* \
              FROM notification_deliveries d JOIN ({OUTBOX_SELECT}) q ON q.event_id = d.event_id \
              WHERE d.status = 'pending' AND d.next_attempt_at_ms <= $1 \
              AND d.target_id IN (SELECT id FROM notification_targets WHERE enabled = 1) \
              ORDER BY q.position, d.target_id LIMIT $2"
-        ))
+        )))
         .bind(now.timestamp_millis())
         .bind(SEND_PAGE)
         .fetch_all(db)
@@ -614,11 +617,11 @@ impl Notifier {
         let (attempts, queued_ms) = (*attempts, *queued_ms);
         let db = self.store.db();
         let started = Utc::now();
-        let claimed = sqlx::query(
+        let claimed = sqlx::query(&db.sql(
             "UPDATE notification_deliveries SET attempts = attempts + 1, \
              last_attempt_at_ms = $1, next_attempt_at_ms = $2 \
              WHERE event_id = $3 AND target_id = $4 AND status = 'pending' AND attempts = $5",
-        )
+        ))
         .bind(started.timestamp_millis())
         .bind(started.timestamp_millis() + 2 * LEASE_TTL.as_millis() as i64)
         .bind(&alert.id)
@@ -634,11 +637,11 @@ impl Notifier {
         let tried = u32::try_from(attempts + 1).unwrap_or(u32::MAX);
         match result {
             Ok(status) => {
-                sqlx::query(
+                sqlx::query(&db.sql(
                     "UPDATE notification_deliveries SET status = 'delivered', \
                      delivered_at_ms = $1, response_status = $2, last_error = '' \
                      WHERE event_id = $3 AND target_id = $4",
-                )
+                ))
                 .bind(now.timestamp_millis())
                 .bind(i64::from(status))
                 .bind(&alert.id)
@@ -657,10 +660,10 @@ impl Notifier {
                     target_id = target, event = %alert.id, attempts = tried, status = state,
                     error = %error, "notification delivery failed"
                 );
-                sqlx::query(
+                sqlx::query(&db.sql(
                     "UPDATE notification_deliveries SET status = $1, next_attempt_at_ms = $2, \
                      response_status = $3, last_error = $4 WHERE event_id = $5 AND target_id = $6",
-                )
+                ))
                 .bind(state)
                 .bind(next)
                 .bind(status.map(i64::from))

@@ -12,6 +12,7 @@ use crate::notify::route::check_events;
 use crate::notify::store::{NewTarget, NotifyStoreError, TargetPatch};
 use crate::notify::{worker, Delivery, NotifyStore, Target};
 use chrono::Utc;
+use projections::Dialect as _;
 use schema::AdminVerb;
 use sqlx::Row;
 use std::time::Duration;
@@ -258,11 +259,15 @@ impl Services {
             (None, None) => None,
             (None, Some("")) => None,
             (None, Some(t)) => {
-                let exists = sqlx::query("SELECT COUNT(*) AS n FROM tenants WHERE id = $1")
-                    .bind(t)
-                    .fetch_one(&self.db)
-                    .await?
-                    .try_get::<i64, _>("n")?;
+                let exists = sqlx::query(
+                    &self
+                        .db
+                        .sql("SELECT COUNT(*) AS n FROM tenants WHERE id = $1"),
+                )
+                .bind(t)
+                .fetch_one(&self.db)
+                .await?
+                .try_get::<i64, _>("n")?;
                 if exists == 0 {
                     return Err(ServiceError::BadRequest(format!("no tenant {t:?}")));
                 }

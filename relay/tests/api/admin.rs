@@ -259,6 +259,12 @@ async fn the_seed_walkthrough_bills_a_request_on_postgresql() {
     db.drop_db().await;
 }
 
+#[tokio::test]
+async fn the_seed_walkthrough_bills_a_request_on_mariadb() {
+    let db = crate::MyDb::new().await;
+    walkthrough(Some(db.url.clone())).await;
+}
+
 /// Two tenants, each with a user and a key.
 struct Two {
     app: TestApp,

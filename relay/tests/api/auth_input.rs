@@ -3,6 +3,7 @@
 
 use crate::*;
 use bench::mock::MockUpstream;
+use projections::Dialect as _;
 use schema::{AuthFailureReason, Event, Outcome};
 
 async fn assert_error(resp: reqwest::Response, status: u16, error_type: &str) -> serde_json::Value {
@@ -209,10 +210,10 @@ async fn keys_hashed_before_keyed_hashing_still_work_and_are_rehashed_on_first_u
     let app = spawn_app(&[]).await;
     app.add_account(&mock, Acc::new("a", KEY_A)).await;
     let old = "sk-relay-legacy-key-stored-as-plain-sha256-0123456789";
-    sqlx::query(
+    sqlx::query(&app.state.db.sql(
         "INSERT INTO api_keys (id, name, tenant, key_hash, key_prefix, enabled, created_at_ms) \
          VALUES ('key_legacy', 'legacy', 'tenant_a', $1, 'sk-relay-leg', 1, 0)",
-    )
+    ))
     .bind(relay::crypto::legacy_hash_key(old))
     .execute(&app.state.db)
     .await
@@ -231,12 +232,16 @@ async fn keys_hashed_before_keyed_hashing_still_work_and_are_rehashed_on_first_u
     assert_ne!(stored, relay::crypto::legacy_hash_key(old));
     // Every stored hash is keyed: none is the key's plain SHA-256.
     let plain = relay::crypto::legacy_hash_key(&app.key);
-    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE key_hash = $1")
-        .bind(plain)
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap()
-        .get("n");
+    let n: i64 = sqlx::query(
+        &app.state
+            .db
+            .sql("SELECT COUNT(*) AS n FROM api_keys WHERE key_hash = $1"),
+    )
+    .bind(plain)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap()
+    .get("n");
     assert_eq!(n, 0);
     // And it keeps working after the move.
     let r = app.messages_as(old, &body(false)).send().await.unwrap();

@@ -1,6 +1,11 @@
 //! Integration tests of the relay's API surface against the mock upstream
 //! (`bench::mock`). One binary; modules by topic. Every test spawns its own relay on
 //! 127.0.0.1:0 with a temporary `DATA_DIR` and its own mock.
+//!
+//! The relay's database is SQLite in that `DATA_DIR` unless a test names another, or
+//! `TEST_APP_DATABASE=mysql` is set: then every relay that would have used SQLite gets a
+//! fresh database on the MariaDB / MySQL server at `TEST_MYSQL_URL` (how `.ci/test`
+//! runs the suite a second time on MariaDB).
 
 // Test helpers and test proxies outside `#[test]` functions panic on purpose.
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
@@ -83,6 +88,12 @@ pub async fn spawn_app_with(
 ) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap().to_owned();
+    let database_url = match database_url {
+        None if std::env::var("TEST_APP_DATABASE").as_deref() == Ok("mysql") => {
+            Some(MyDb::new().await.url)
+        }
+        other => other,
+    };
     let mut argv: Vec<String> = vec![
         "relay".into(),
         "--data-dir".into(),
@@ -331,6 +342,32 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A fresh database on the MariaDB / MySQL server at `TEST_MYSQL_URL` (a private
+/// server in `.ci/test`, whose databases go with it).
+pub struct MyDb {
+    pub url: String,
+}
+
+impl MyDb {
+    pub async fn new() -> Self {
+        use sqlx::Connection as _;
+        let admin = std::env::var("TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/mysql".into());
+        let name = format!("relay_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::MySqlConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB or MySQL at {admin} is required: {e}"));
+        sqlx::raw_sql(&format!(
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        Self { url }
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::admin::PgDb;
 use crate::*;
 use bench::mock::{MockUpstream, Step};
+use projections::Dialect as _;
 use relay::accounts::{AccountKind, NewAccount};
 use relay::crypto::Secret;
 use serde_json::json;
@@ -245,11 +246,15 @@ async fn an_expired_login_is_refused_and_stores_nothing() {
     let url = started["auth_url"].as_str().unwrap().to_owned();
     mock.register_oauth_code("late-code", &param(&url, "code_challenge"));
     // The login's time runs out.
-    sqlx::query("UPDATE oauth_pending SET expires_at_ms = 1 WHERE state = $1")
-        .bind(&state)
-        .execute(&app.state.db)
-        .await
-        .unwrap();
+    sqlx::query(
+        &app.state
+            .db
+            .sql("UPDATE oauth_pending SET expires_at_ms = 1 WHERE state = $1"),
+    )
+    .bind(&state)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
     let (status, r) = app
         .api(
             "POST",
