@@ -10,7 +10,7 @@
 //! a new position neither counts twice nor rolls the state back.
 
 use crate::runner::Projection;
-use crate::sql::{self, i, wire_name};
+use crate::sql::{self, i, wire_name, OnConflict};
 use crate::Dialect as _;
 use crate::Error;
 use ingest::StoredEvent;
@@ -178,18 +178,15 @@ async fn first_seen(tx: &mut AnyConnection, ids: &[String]) -> Result<HashSet<St
         stored.extend(q.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
     }
     fresh.retain(|id| !stored.contains(id.as_str()));
-    for chunk in fresh.chunks(params.rows_per_statement(1)) {
-        let text = format!(
-            "INSERT INTO account_status_events (event_id) VALUES {}",
-            params.values(chunk.len(), 1)
-        );
-        let text = tx.sql(&text);
-        let mut q = sqlx::query(&text);
-        for id in chunk {
-            q = q.bind(id.as_str());
-        }
-        q.execute(&mut *tx).await?;
-    }
+    sql::insert_rows(
+        tx,
+        "account_status_events",
+        "event_id",
+        OnConflict::Ignore("event_id"),
+        &fresh,
+        |q, id| q.bind(id.as_str()),
+    )
+    .await?;
     Ok(fresh.into_iter().cloned().collect())
 }
 
@@ -260,41 +257,23 @@ impl Projection for AccountsProjection {
             }
         }
         let entries: Vec<_> = rows.iter().collect();
-        let params = sql::Params::of(tx);
-        for chunk in entries.chunks(params.rows_per_statement(20)) {
-            let text = format!(
-                "INSERT INTO account_status ({STATUS_COLUMNS}) VALUES {} \
-                 ON CONFLICT (account) DO UPDATE SET state = excluded.state, \
-                 reason = excluded.reason, until_ms = excluded.until_ms, \
-                 changed_at_ms = excluded.changed_at_ms, \
-                 last_error_at_ms = excluded.last_error_at_ms, \
-                 last_error_status = excluded.last_error_status, \
-                 last_error_type = excluded.last_error_type, \
-                 last_error_message = excluded.last_error_message, \
-                 unified = excluded.unified, unified_at_ms = excluded.unified_at_ms, \
-                 requests = excluded.requests, errors = excluded.errors, \
-                 usage_events = excluded.usage_events, input_tokens = excluded.input_tokens, \
-                 output_tokens = excluded.output_tokens, \
-                 cache_read_tokens = excluded.cache_read_tokens, \
-                 cache_write_tokens = excluded.cache_write_tokens, \
-                 health_changes = excluded.health_changes, \
-                 last_event_at_ms = excluded.last_event_at_ms",
-                params.values(chunk.len(), 20)
-            );
-            let text = tx.sql(&text);
-            let mut q = sqlx::query(&text);
-            for (account, r) in chunk {
-                q = q
-                    .bind((*account).clone())
-                    .bind(r.state.clone())
-                    .bind(r.reason.clone())
+        sql::insert_rows(
+            tx,
+            "account_status",
+            STATUS_COLUMNS,
+            OnConflict::Replace("account"),
+            &entries,
+            |q, (account, r)| {
+                q.bind(account.as_str())
+                    .bind(r.state.as_str())
+                    .bind(r.reason.as_str())
                     .bind(r.until_ms)
                     .bind(r.changed_at_ms)
                     .bind(r.last_error_at_ms)
                     .bind(r.last_error_status)
-                    .bind(r.last_error_type.clone())
-                    .bind(r.last_error_message.clone())
-                    .bind(r.unified.clone())
+                    .bind(r.last_error_type.as_deref())
+                    .bind(r.last_error_message.as_deref())
+                    .bind(r.unified.as_str())
                     .bind(r.unified_at_ms)
                     .bind(r.requests)
                     .bind(r.errors)
@@ -304,20 +283,14 @@ impl Projection for AccountsProjection {
                     .bind(r.cache_read_tokens)
                     .bind(r.cache_write_tokens)
                     .bind(r.health_changes)
-                    .bind(r.last_event_at_ms);
-            }
-            q.execute(&mut *tx).await?;
-        }
+                    .bind(r.last_event_at_ms)
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query(&tx.sql("DELETE FROM account_status"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&tx.sql("DELETE FROM account_status_events"))
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
+        sql::delete_all(tx, &["account_status", "account_status_events"]).await
     }
 }

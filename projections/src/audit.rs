@@ -6,8 +6,7 @@
 //! `endpoint`, `key_prefix` (at most 12 characters, never the key) and `client_addr`.
 
 use crate::runner::Projection;
-use crate::sql::{self, i, opt, wire_name};
-use crate::Dialect as _;
+use crate::sql::{self, i, opt, wire_name, OnConflict};
 use crate::Error;
 use ingest::StoredEvent;
 use schema::Event;
@@ -74,18 +73,15 @@ impl Projection for AuditProjection {
                 rows.push((e, fields));
             }
         }
-        let params = sql::Params::of(tx);
-        for chunk in rows.chunks(params.rows_per_statement(16)) {
-            let text = format!(
-                "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES {} \
-                 ON CONFLICT (event_id) DO NOTHING",
-                params.values(chunk.len(), 16)
-            );
-            let text = tx.sql(&text);
-            let mut q = sqlx::query(&text);
-            for (e, fields) in chunk {
+        sql::insert_rows(
+            tx,
+            "audit_log",
+            AUDIT_COLUMNS,
+            OnConflict::Ignore("event_id"),
+            &rows,
+            |q, (e, fields)| {
                 let env = &e.envelope;
-                q = q
+                let mut q = q
                     .bind(env.id.to_string())
                     .bind(i(e.position))
                     .bind(env.occurred_at.timestamp_millis())
@@ -95,18 +91,16 @@ impl Projection for AuditProjection {
                     .bind(opt(env.tenant.as_ref()))
                     .bind(opt(env.api_key.as_ref()));
                 for f in fields {
-                    q = q.bind(f.clone());
+                    q = q.bind(f.as_str());
                 }
-            }
-            q.execute(&mut *tx).await?;
-        }
+                q
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query(&tx.sql("DELETE FROM audit_log"))
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
+        sql::delete_all(tx, &["audit_log"]).await
     }
 }

@@ -30,7 +30,7 @@
 //! [`reset`]: crate::runner::Projection::reset
 
 use crate::runner::Projection;
-use crate::sql::{self, i, opt, wire_name};
+use crate::sql::{self, i, opt, wire_name, OnConflict};
 use crate::Dialect as _;
 use crate::Error;
 use ingest::StoredEvent;
@@ -369,32 +369,28 @@ impl Projection for NotificationsProjection {
                 }
             }
         }
-        let params = sql::Params::of(tx);
-        for chunk in rows.chunks(params.rows_per_statement(12)) {
-            let text = format!(
-                "INSERT INTO notification_outbox ({OUTBOX_COLUMNS}) VALUES {} \
-                 ON CONFLICT (event_id) DO NOTHING",
-                params.values(chunk.len(), 12)
-            );
-            let text = tx.sql(&text);
-            let mut q = sqlx::query(&text);
-            for (e, r) in chunk {
-                q = q
-                    .bind(r.event_id.clone())
+        sql::insert_rows(
+            tx,
+            "notification_outbox",
+            OUTBOX_COLUMNS,
+            OnConflict::Ignore("event_id"),
+            &rows,
+            |q, (e, r)| {
+                q.bind(r.event_id.as_str())
                     .bind(i(e.position))
                     .bind(r.occurred_at_ms)
-                    .bind(r.kind.clone())
-                    .bind(r.severity.clone())
-                    .bind(r.audience.clone())
-                    .bind(r.tenant.clone())
-                    .bind(r.api_key.clone())
-                    .bind(r.account.clone())
-                    .bind(r.title.clone())
-                    .bind(r.message.clone())
-                    .bind(r.details.clone());
-            }
-            q.execute(&mut *tx).await?;
-        }
+                    .bind(r.kind.as_str())
+                    .bind(r.severity.as_str())
+                    .bind(r.audience.as_str())
+                    .bind(r.tenant.as_str())
+                    .bind(r.api_key.as_str())
+                    .bind(r.account.as_str())
+                    .bind(r.title.as_str())
+                    .bind(r.message.as_str())
+                    .bind(r.details.as_str())
+            },
+        )
+        .await?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 //! within minutes of the original, so this does not happen with sane retention.
 
 use crate::runner::Projection;
-use crate::sql::{self, i, opt, wire_name};
+use crate::sql::{self, i, opt, wire_name, OnConflict};
 use crate::Dialect as _;
 use crate::Error;
 use ingest::StoredEvent;
@@ -69,23 +69,19 @@ impl Projection for RequestsProjection {
                 rows.push((e, env, r));
             }
         }
-        let params = sql::Params::of(tx);
-        for chunk in rows.chunks(params.rows_per_statement(21)) {
-            let text = format!(
-                "INSERT INTO request_log ({REQUEST_COLUMNS}) VALUES {} \
-                 ON CONFLICT (event_id) DO NOTHING",
-                params.values(chunk.len(), 21)
-            );
-            let text = tx.sql(&text);
-            let mut q = sqlx::query(&text);
-            for (e, env, r) in chunk {
+        sql::insert_rows(
+            tx,
+            "request_log",
+            REQUEST_COLUMNS,
+            OnConflict::Ignore("event_id"),
+            &rows,
+            |q, (e, env, r)| {
                 let account = r
                     .routing
                     .as_ref()
                     .map(|d| d.account.to_string())
                     .unwrap_or_else(|| opt(env.account.as_ref()));
-                q = q
-                    .bind(env.id.to_string())
+                q.bind(env.id.to_string())
                     .bind(i(e.position))
                     .bind(env.occurred_at.timestamp_millis())
                     .bind(sql::day_of(env.occurred_at))
@@ -110,17 +106,14 @@ impl Projection for RequestsProjection {
                     )
                     .bind(r.error_type.clone().unwrap_or_default())
                     .bind(r.upstream_request_id.clone().unwrap_or_default())
-                    .bind(r.rejected_by.clone().unwrap_or_default());
-            }
-            q.execute(&mut *tx).await?;
-        }
+                    .bind(r.rejected_by.clone().unwrap_or_default())
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query(&tx.sql("DELETE FROM request_log"))
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
+        sql::delete_all(tx, &["request_log"]).await
     }
 }

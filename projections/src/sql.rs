@@ -1,7 +1,88 @@
 //! Small helpers for hand-written, portable SQL.
 
+use crate::{Dialect as _, Error};
 use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
 use std::fmt::Write as _;
+
+/// A statement being bound.
+pub(crate) type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// What a multi-row insert does with a row whose key (a comma-separated column list)
+/// is already stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OnConflict<'a> {
+    /// Keeps the stored row (a duplicate event).
+    Ignore(&'a str),
+    /// Overwrites every other column.
+    Replace(&'a str),
+    /// Adds every other column to the stored value (counters).
+    Add(&'a str),
+}
+
+/// The portable text of `INSERT INTO table (columns) VALUES … ON CONFLICT …` for
+/// `rows` rows.
+pub(crate) fn insert_sql(
+    params: Params,
+    table: &str,
+    columns: &str,
+    on_conflict: OnConflict<'_>,
+    rows: usize,
+) -> String {
+    let cols: Vec<&str> = columns.split(',').map(str::trim).collect();
+    let mut s = format!(
+        "INSERT INTO {table} ({columns}) VALUES {}",
+        params.values(rows, cols.len())
+    );
+    let (key, add) = match on_conflict {
+        OnConflict::Ignore(key) => {
+            let _ = write!(s, " ON CONFLICT ({key}) DO NOTHING");
+            return s;
+        }
+        OnConflict::Replace(key) => (key, false),
+        OnConflict::Add(key) => (key, true),
+    };
+    let keys: Vec<&str> = key.split(',').map(str::trim).collect();
+    let _ = write!(s, " ON CONFLICT ({key}) DO UPDATE SET ");
+    let rest = cols.iter().filter(|c| !keys.contains(c));
+    for (n, c) in rest.enumerate() {
+        if n > 0 {
+            s.push_str(", ");
+        }
+        if add {
+            let _ = write!(s, "{c} = {table}.{c} + excluded.{c}");
+        } else {
+            let _ = write!(s, "{c} = excluded.{c}");
+        }
+    }
+    s
+}
+
+/// Inserts `rows` into `table` in multi-row statements as large as the backend takes,
+/// `bind` binding one row's values in `columns` order. Returns the rows the database
+/// reports affected (with [`OnConflict::Ignore`]: the rows inserted).
+pub(crate) async fn insert_rows<T>(
+    tx: &mut AnyConnection,
+    table: &str,
+    columns: &str,
+    on_conflict: OnConflict<'_>,
+    rows: &[T],
+    bind: impl for<'q> Fn(Query<'q>, &'q T) -> Query<'q>,
+) -> Result<u64, Error> {
+    let params = Params::of(tx);
+    let width = columns.split(',').count();
+    let mut affected = 0;
+    for chunk in rows.chunks(params.rows_per_statement(width)) {
+        let text = insert_sql(params, table, columns, on_conflict, chunk.len());
+        let text = tx.sql(&text);
+        let mut q = sqlx::query(&text);
+        for r in chunk {
+            q = bind(q, r);
+        }
+        affected += q.execute(&mut *tx).await?.rows_affected();
+    }
+    Ok(affected)
+}
 
 /// How a backend spells bind parameters in the multi-row statements built here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +173,16 @@ impl Params {
     }
 }
 
+/// Empties `tables` (a projection's reset).
+pub(crate) async fn delete_all(tx: &mut AnyConnection, tables: &[&str]) -> Result<(), Error> {
+    for t in tables {
+        sqlx::query(&format!("DELETE FROM {t}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The UTC day of a timestamp, `YYYY-MM-DD`.
 pub(crate) fn day_of(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d").to_string()
@@ -119,6 +210,31 @@ pub(crate) fn wire_name<T: serde::Serialize>(v: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inserts() {
+        let p = Params::Numbered;
+        assert_eq!(
+            insert_sql(p, "t", "a, b", OnConflict::Ignore("a"), 2),
+            "INSERT INTO t (a, b) VALUES ($1,$2),($3,$4) ON CONFLICT (a) DO NOTHING"
+        );
+        assert_eq!(
+            insert_sql(p, "t", "a, b, c", OnConflict::Replace("a"), 1),
+            "INSERT INTO t (a, b, c) VALUES ($1,$2,$3) ON CONFLICT (a) DO UPDATE SET \
+             b = excluded.b, c = excluded.c"
+        );
+        assert_eq!(
+            insert_sql(
+                Params::Anonymous,
+                "t",
+                "a, b, n",
+                OnConflict::Add("a, b"),
+                1
+            ),
+            "INSERT INTO t (a, b, n) VALUES (?,?,?) ON CONFLICT (a, b) DO UPDATE SET \
+             n = t.n + excluded.n"
+        );
+    }
 
     #[test]
     fn placeholders() {

@@ -11,7 +11,7 @@
 
 use crate::pricing::PriceTable;
 use crate::runner::Projection;
-use crate::sql::{self, i, opt, wire_name};
+use crate::sql::{self, i, opt, wire_name, OnConflict};
 use crate::Dialect as _;
 use crate::{money, Error};
 use ingest::StoredEvent;
@@ -72,7 +72,6 @@ pub(crate) const LEDGER_COLUMNS: &str =
      service_tier, speed, inference_geo, completeness, price_version, price_key, \
      priced_by_fallback, unit_input, unit_output, unit_cache_read, unit_cache_write_5m, \
      unit_cache_write_1h, cost_nanos";
-const LEDGER_WIDTH: usize = 32;
 
 /// Key of a totals row.
 pub(crate) type TotalsKey = (String, String, String, String, String);
@@ -153,24 +152,20 @@ impl UsageProjection {
 /// inserted. `rows` hold distinct ids.
 ///
 /// The statements return no rows (a `RETURNING` clause streams one row per insert
-/// back from SQLite's worker thread, a third of a replay's cost). When a statement
-/// inserts fewer rows than it holds, a stored row of the same id at another position
+/// back from SQLite's worker thread, a third of a replay's cost). When fewer rows are
+/// inserted than given, a stored row of the same id at another position
 /// is an earlier copy of the event: the checkpoint, advanced in the same
 /// transaction, keeps a position from being applied twice, so a row stored at *our*
 /// position was inserted by this statement.
 async fn insert_ledger(tx: &mut AnyConnection, rows: &[LedgerRow]) -> Result<Vec<bool>, Error> {
-    let mut inserted = Vec::with_capacity(rows.len());
-    let params = sql::Params::of(tx);
-    for chunk in rows.chunks(params.rows_per_statement(LEDGER_WIDTH)) {
-        let text = format!(
-            "INSERT INTO usage_ledger ({LEDGER_COLUMNS}) VALUES {} \
-             ON CONFLICT (event_id) DO NOTHING",
-            params.values(chunk.len(), LEDGER_WIDTH)
-        );
-        let text = tx.sql(&text);
-        let mut q = sqlx::query(&text);
-        for r in chunk {
-            q = q
+    let stored = sql::insert_rows(
+        tx,
+        "usage_ledger",
+        LEDGER_COLUMNS,
+        OnConflict::Ignore("event_id"),
+        rows,
+        |q, r| {
+            let mut q = q
                 .bind(r.event_id.as_str())
                 .bind(r.position)
                 .bind(r.occurred_at_ms)
@@ -199,13 +194,16 @@ async fn insert_ledger(tx: &mut AnyConnection, rows: &[LedgerRow]) -> Result<Vec
             for u in &r.unit {
                 q = q.bind(u.as_str());
             }
-            q = q.bind(r.cost_nanos);
-        }
-        let done = q.execute(&mut *tx).await?;
-        if usize::try_from(done.rows_affected()).ok() == Some(chunk.len()) {
-            inserted.extend(std::iter::repeat_n(true, chunk.len()));
-            continue;
-        }
+            q.bind(r.cost_nanos)
+        },
+    )
+    .await?;
+    if usize::try_from(stored).ok() == Some(rows.len()) {
+        return Ok(vec![true; rows.len()]);
+    }
+    let params = sql::Params::of(tx);
+    let mut at = HashMap::with_capacity(rows.len());
+    for chunk in rows.chunks(params.rows_per_statement(1)) {
         let text = format!(
             "SELECT event_id, position FROM usage_ledger WHERE event_id IN ({})",
             params.list(chunk.len())
@@ -215,14 +213,12 @@ async fn insert_ledger(tx: &mut AnyConnection, rows: &[LedgerRow]) -> Result<Vec
         for r in chunk {
             q = q.bind(r.event_id.as_str());
         }
-        let stored: HashMap<String, i64> = q.fetch_all(&mut *tx).await?.into_iter().collect();
-        inserted.extend(
-            chunk
-                .iter()
-                .map(|r| stored.get(&r.event_id) == Some(&r.position)),
-        );
+        at.extend(q.fetch_all(&mut *tx).await?);
     }
-    Ok(inserted)
+    Ok(rows
+        .iter()
+        .map(|r| at.get(&r.event_id) == Some(&r.position))
+        .collect())
 }
 
 /// Adds `sums` to the totals rows (multi-row upsert; keys are unique per call).
@@ -231,27 +227,16 @@ pub(crate) async fn add_totals(
     sums: &BTreeMap<TotalsKey, Sums>,
 ) -> Result<(), Error> {
     let entries: Vec<_> = sums.iter().collect();
-    let params = sql::Params::of(tx);
-    for chunk in entries.chunks(params.rows_per_statement(13)) {
-        let text = format!(
-            "INSERT INTO usage_totals (day, tenant, api_key, account, model, requests, \
-             input_tokens, output_tokens, cache_read_tokens, cache_write_5m_tokens, \
-             cache_write_1h_tokens, cost_nanos, fallback_requests) VALUES {} \
-             ON CONFLICT (day, tenant, api_key, account, model) DO UPDATE SET \
-             requests = usage_totals.requests + excluded.requests, \
-             input_tokens = usage_totals.input_tokens + excluded.input_tokens, \
-             output_tokens = usage_totals.output_tokens + excluded.output_tokens, \
-             cache_read_tokens = usage_totals.cache_read_tokens + excluded.cache_read_tokens, \
-             cache_write_5m_tokens = usage_totals.cache_write_5m_tokens + excluded.cache_write_5m_tokens, \
-             cache_write_1h_tokens = usage_totals.cache_write_1h_tokens + excluded.cache_write_1h_tokens, \
-             cost_nanos = usage_totals.cost_nanos + excluded.cost_nanos, \
-             fallback_requests = usage_totals.fallback_requests + excluded.fallback_requests",
-            params.values(chunk.len(), 13)
-        );
-        let text = tx.sql(&text);
-        let mut q = sqlx::query(&text);
-        for ((day, tenant, key, account, model), s) in chunk {
-            q = q
+    sql::insert_rows(
+        tx,
+        "usage_totals",
+        "day, tenant, api_key, account, model, requests, input_tokens, output_tokens, \
+         cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cost_nanos, \
+         fallback_requests",
+        OnConflict::Add("day, tenant, api_key, account, model"),
+        &entries,
+        |q, ((day, tenant, key, account, model), s)| {
+            let mut q = q
                 .bind(day.as_str())
                 .bind(tenant.as_str())
                 .bind(key.as_str())
@@ -261,10 +246,10 @@ pub(crate) async fn add_totals(
             for t in s.tokens {
                 q = q.bind(t);
             }
-            q = q.bind(s.cost_nanos).bind(s.fallback);
-        }
-        q.execute(&mut *tx).await?;
-    }
+            q.bind(s.cost_nanos).bind(s.fallback)
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -315,12 +300,6 @@ impl Projection for UsageProjection {
     }
 
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
-        sqlx::query(&tx.sql("DELETE FROM usage_totals"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&tx.sql("DELETE FROM usage_ledger"))
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
+        sql::delete_all(tx, &["usage_totals", "usage_ledger"]).await
     }
 }

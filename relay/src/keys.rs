@@ -337,8 +337,8 @@ impl KeyStore {
             "UPDATE api_keys SET name = COALESCE($1, name), \
              group_name = CASE WHEN $2 = 1 THEN $3 ELSE group_name END, \
              expires_at_ms = CASE WHEN $4 = 1 THEN $5 ELSE expires_at_ms END, \
-             enabled = COALESCE($6, enabled), limits_json = COALESCE($8, limits_json) \
-             WHERE id = $7 AND revoked_at_ms IS NULL",
+             enabled = COALESCE($6, enabled), limits_json = COALESCE($7, limits_json) \
+             WHERE id = $8 AND revoked_at_ms IS NULL",
         ))
         .bind(p.name.clone())
         .bind(i64::from(p.group.is_some()))
@@ -346,12 +346,12 @@ impl KeyStore {
         .bind(i64::from(p.expires_at.is_some()))
         .bind(p.expires_at.flatten().map(|t| t.timestamp_millis()))
         .bind(p.enabled.map(i64::from))
-        .bind(id)
         .bind(
             p.limits
                 .as_ref()
                 .map(|l| serde_json::to_string(l).unwrap_or_default()),
         )
+        .bind(id)
         .execute(&self.db)
         .await?;
         self.clear_cache();

@@ -322,7 +322,11 @@ async fn the_same_events_give_the_same_rows_on_every_backend() {
     log.push_all(&mixed_events(EVENTS, 44));
     let log: Arc<dyn EventLog> = log;
     let mut dumps = Vec::new();
-    for db in [TestDb::sqlite().await, TestDb::postgres().await, TestDb::mysql().await] {
+    for db in [
+        TestDb::sqlite().await,
+        TestDb::postgres().await,
+        TestDb::mysql().await,
+    ] {
         let t0 = std::time::Instant::now();
         catch_up(&db.pool, log.clone()).await;
         let mut tables = dump_all(&db.pool).await;

@@ -297,7 +297,7 @@ impl NotifyStore {
         sqlx::query(&self.db.sql(
             "INSERT INTO notification_targets (id, tenant, kind, name, url_sealed, url_display, \
              address, secret_sealed, events, rate_per_min, enabled, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         ))
         .bind(&id)
         .bind(new.tenant.unwrap_or_default())
@@ -310,6 +310,7 @@ impl NotifyStore {
         .bind(serde_json::to_string(&new.events).unwrap_or_default())
         .bind(i64::from(new.rate_limit_per_minute))
         .bind(i64::from(new.enabled))
+        .bind(now)
         .bind(now)
         .execute(&self.db)
         .await?;
@@ -459,12 +460,14 @@ impl NotifyStore {
             "INSERT INTO notification_deliveries (event_id, target_id, tenant, kind, status, \
              attempts, created_at_ms, next_attempt_at_ms, last_attempt_at_ms, delivered_at_ms, \
              response_status, last_error) \
-             VALUES ($1, $2, $3, 'test', $4, 1, $5, $5, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, 'test', $4, 1, $5, $6, $7, $8, $9, $10)",
         ))
         .bind(event_id)
         .bind(&target.id)
         .bind(target.tenant.clone().unwrap_or_default())
         .bind(status)
+        .bind(now)
+        .bind(now)
         .bind(now)
         .bind((status == "delivered").then_some(now))
         .bind(code)

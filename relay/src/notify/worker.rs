@@ -219,7 +219,7 @@ async fn queue(
         sqlx::query(&tx.sql(
             "INSERT INTO notification_deliveries (event_id, target_id, tenant, kind, \
              status, attempts, created_at_ms, next_attempt_at_ms, last_error) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8) \
              ON CONFLICT (event_id, target_id) DO NOTHING",
         ))
         .bind(event_id)
@@ -227,6 +227,7 @@ async fn queue(
         .bind(t.tenant.clone().unwrap_or_default())
         .bind(subject.kind)
         .bind(status)
+        .bind(now.timestamp_millis())
         .bind(now.timestamp_millis())
         .bind(error)
         .execute(&mut *tx)
@@ -561,7 +562,7 @@ impl Notifier {
              FROM notification_deliveries d JOIN ({OUTBOX_SELECT}) q ON q.event_id = d.event_id \
              WHERE d.status = 'pending' AND d.next_attempt_at_ms <= $1 \
              AND d.target_id IN (SELECT id FROM notification_targets WHERE enabled = 1) \
-             ORDER BY q.position, d.target_id LIMIT $2"
+             ORDER BY q.position, q.occurred_at_ms, q.owner, q.event_id, d.target_id LIMIT $2"
         )))
         .bind(now.timestamp_millis())
         .bind(SEND_PAGE)
@@ -569,7 +570,8 @@ impl Notifier {
         .await?;
         let by_id: HashMap<&str, &Destination> =
             targets.iter().map(|(t, d)| (t.id.as_str(), d)).collect();
-        // One queue per target, in log order: a target sees its alerts in the order
+        // One queue per target, in log order (the relay's own rows, all at position 0,
+        // by time, then tenant, on every database): a target sees its alerts in the order
         // they happened; targets are served side by side. Owned jobs: the stream's
         // closure takes no borrowed arguments.
         let mut queues: Vec<(String, Destination, Vec<Job>)> = Vec::new();
