@@ -173,6 +173,67 @@ impl Params {
     }
 }
 
+/// A `WHERE` clause built from optional filters, its placeholders numbered in the
+/// order the conditions are added (as [`Dialect::sql`](crate::Dialect::sql) needs),
+/// its values bound in the same order.
+#[derive(Debug, Default)]
+pub(crate) struct Where {
+    conds: Vec<String>,
+    values: Vec<Value>,
+}
+
+#[derive(Debug)]
+enum Value {
+    Text(String),
+    Int(i64),
+}
+
+impl Where {
+    /// A condition without a value (`rejected_by > ''`).
+    pub(crate) fn always(mut self, cond: &str) -> Self {
+        self.conds.push(cond.to_owned());
+        self
+    }
+
+    /// `{lhs} $N` when `value` is set (`lhs` is e.g. `"tenant ="`, `"position <"`).
+    pub(crate) fn text(mut self, lhs: &str, value: Option<&String>) -> Self {
+        if let Some(v) = value {
+            self.values.push(Value::Text(v.clone()));
+            self.conds.push(format!("{lhs} ${}", self.values.len()));
+        }
+        self
+    }
+
+    /// `{lhs} $N` when `value` is set.
+    pub(crate) fn int(mut self, lhs: &str, value: Option<i64>) -> Self {
+        if let Some(v) = value {
+            self.values.push(Value::Int(v));
+            self.conds.push(format!("{lhs} ${}", self.values.len()));
+        }
+        self
+    }
+
+    /// The conditions joined with `AND` (`1 = 1` when there are none).
+    pub(crate) fn clause(&self) -> String {
+        if self.conds.is_empty() {
+            "1 = 1".to_owned()
+        } else {
+            self.conds.join(" AND ")
+        }
+    }
+
+    /// Binds the values, in order.
+    pub(crate) fn bind<'q>(&'q self, mut q: Query<'q>) -> Query<'q> {
+        for v in &self.values {
+            q = match v {
+                Value::Text(t) => q.bind(t.as_str()),
+                Value::Int(i) => q.bind(*i),
+            };
+        }
+        q
+    }
+}
+
 /// Empties `tables` (a projection's reset).
 pub(crate) async fn delete_all(tx: &mut AnyConnection, tables: &[&str]) -> Result<(), Error> {
     for t in tables {
@@ -210,6 +271,18 @@ pub(crate) fn wire_name<T: serde::Serialize>(v: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn where_numbers_what_is_set_in_order() {
+        let tenant = Some("acme".to_owned());
+        let w = Where::default()
+            .always("x > ''")
+            .text("tenant =", tenant.as_ref())
+            .text("api_key =", None)
+            .int("position <", Some(7));
+        assert_eq!(w.clause(), "x > '' AND tenant = $1 AND position < $2");
+        assert_eq!(Where::default().int("a =", None).clause(), "1 = 1");
+    }
 
     #[test]
     fn inserts() {

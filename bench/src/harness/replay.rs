@@ -123,7 +123,7 @@ pub async fn run(n: u64) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n### 5. Event log and replay throughput ({n} generated usage events)\n\nAppends in batches of {BATCH}. Rebuild = `projections::rebuild(…, \"usage\")` (reset, then replay the SQLite log to its head into the ledger and totals, with pricing). Process CPU = this process's user + system time over the phase (all its threads; not the PostgreSQL server's or nats-server's); load = the machine's 1-minute load average at the end of the phase.\n\n| operation | events | seconds | events/s | process CPU s | load |\n|---|---|---|---|---|---|"
+        "\n### 5. Event log and replay throughput ({n} generated usage events)\n\nAppends in batches of {BATCH}. Rebuild = `projections::rebuild(…, \"usage\")` (reset, then replay the SQLite log to its head into the ledger and totals, with pricing). Process CPU = this process's user + system time over the phase (all its threads; not the PostgreSQL or MariaDB server's, nor nats-server's); load = the machine's 1-minute load average at the end of the phase.\n\n| operation | events | seconds | events/s | process CPU s | load |\n|---|---|---|---|---|---|"
     );
     let dir = tempfile::tempdir()?;
     let log = Arc::new(ingest::sqlite::SqliteLog::open(&dir.path().join("events.db")).await?);
@@ -160,35 +160,64 @@ pub async fn run(n: u64) -> Result<String> {
         .context("rebuild on SQLite")?;
     out.push_str(&phase.row("rebuild `usage`, SQLite read model", n));
 
-    let admin_url = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    match postgres_rebuild(&admin_url, log.clone(), n).await {
-        Ok(row) => out.push_str(&row),
-        Err(e) => {
-            let _ = writeln!(
-                out,
-                "| rebuild `usage`, PostgreSQL | not run: {e:#} | | | | |"
-            );
+    for (env, default, label) in [
+        (
+            "TEST_POSTGRES_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "PostgreSQL",
+        ),
+        (
+            "TEST_MYSQL_URL",
+            "mysql://root@127.0.0.1:3306/mysql",
+            "MariaDB / MySQL",
+        ),
+    ] {
+        let admin_url = std::env::var(env).unwrap_or_else(|_| default.to_owned());
+        match server_rebuild(&admin_url, log.clone()).await {
+            Ok((phase, version)) => out.push_str(&phase.row(
+                &format!("rebuild `usage`, {label} read model ({version})"),
+                n,
+            )),
+            Err(e) => {
+                let _ = writeln!(out, "| rebuild `usage`, {label} | not run: {e:#} | | | | |");
+            }
         }
     }
     log.close().await;
     Ok(out)
 }
 
-async fn postgres_rebuild(admin_url: &str, log: Arc<dyn EventLog>, n: u64) -> Result<String> {
+/// Rebuilds into a fresh database on the server at `admin_url` (PostgreSQL or MySQL);
+/// returns the phase and the server's version.
+async fn server_rebuild(admin_url: &str, log: Arc<dyn EventLog>) -> Result<(Phase, String)> {
     let admin = projections::connect(admin_url).await?;
+    let mysql = projections::Backend::of(&admin)? == projections::Backend::MySql;
     let name = format!("bench_replay_{}", std::process::id());
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
         .execute(&admin)
         .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    let charset = if mysql {
+        " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    } else {
+        ""
+    };
+    sqlx::query(&format!("CREATE DATABASE {name}{charset}"))
         .execute(&admin)
         .await?;
     let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
     let result = rebuild_usage(&format!("{base}/{name}"), log).await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    let force = if mysql { "" } else { " WITH (FORCE)" };
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}{force}"))
         .execute(&admin)
         .await;
+    let version: String = sqlx::query_scalar(if mysql {
+        "SELECT VERSION()"
+    } else {
+        "SHOW server_version"
+    })
+    .fetch_one(&admin)
+    .await
+    .unwrap_or_default();
     admin.close().await;
-    Ok(result?.row("rebuild `usage`, PostgreSQL read model", n))
+    Ok((result?, version))
 }
