@@ -196,10 +196,6 @@ impl Projection for AccountsProjection {
         Self::NAME
     }
 
-    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
-    }
-
     async fn apply_batch(
         &self,
         tx: &mut AnyConnection,

@@ -11,7 +11,6 @@ use crate::Error;
 use ingest::StoredEvent;
 use schema::Event;
 use sqlx::AnyConnection;
-use std::collections::HashSet;
 
 /// The audit-log projection.
 pub struct AuditProjection;
@@ -31,48 +30,37 @@ impl Projection for AuditProjection {
         Self::NAME
     }
 
-    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
-    }
-
     async fn apply_batch(
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), Error> {
-        let mut seen = HashSet::new();
         // (event, [actor, action, target, summary, reason, endpoint, key_prefix, client_addr])
-        let mut rows: Vec<(&StoredEvent, [String; 8])> = Vec::new();
-        for e in events {
-            let fields = match &e.envelope.event {
-                Event::AdminAction(a) => [
-                    a.actor.clone(),
-                    a.action.clone(),
-                    a.target.clone(),
-                    a.summary.clone(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ],
-                Event::AuthFailed(f) => [
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    wire_name(&f.reason),
-                    f.endpoint.clone(),
-                    f.key_prefix.clone().unwrap_or_default(),
-                    f.client_addr.clone().unwrap_or_default(),
-                ],
-                Event::RequestFinished(_)
-                | Event::UsageRecorded(_)
-                | Event::AccountHealthChanged(_) => continue,
-            };
-            if seen.insert(e.envelope.id) {
-                rows.push((e, fields));
-            }
-        }
+        let rows = sql::once_per_event(events, |e| match &e.envelope.event {
+            Event::AdminAction(a) => Some([
+                a.actor.clone(),
+                a.action.clone(),
+                a.target.clone(),
+                a.summary.clone(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]),
+            Event::AuthFailed(f) => Some([
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                wire_name(&f.reason),
+                f.endpoint.clone(),
+                f.key_prefix.clone().unwrap_or_default(),
+                f.client_addr.clone().unwrap_or_default(),
+            ]),
+            Event::RequestFinished(_)
+            | Event::UsageRecorded(_)
+            | Event::AccountHealthChanged(_) => None,
+        });
         sql::insert_rows(
             tx,
             "audit_log",

@@ -37,7 +37,7 @@ use ingest::StoredEvent;
 use schema::{AdminVerb, Envelope, Event, HealthState};
 use serde::Serialize;
 use sqlx::AnyConnection;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 /// The outbox projection.
 pub struct NotificationsProjection;
@@ -351,24 +351,12 @@ impl Projection for NotificationsProjection {
         Self::NAME
     }
 
-    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
-    }
-
     async fn apply_batch(
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), Error> {
-        let mut seen = HashSet::new();
-        let mut rows: Vec<(&StoredEvent, OutboxRow)> = Vec::new();
-        for e in events {
-            if let Some(r) = outbox_row(&e.envelope) {
-                if seen.insert(e.envelope.id) {
-                    rows.push((e, r));
-                }
-            }
-        }
+        let rows = sql::once_per_event(events, |e| outbox_row(&e.envelope));
         sql::insert_rows(
             tx,
             "notification_outbox",

@@ -15,7 +15,6 @@ use crate::Error;
 use ingest::StoredEvent;
 use schema::Event;
 use sqlx::{AnyConnection, AnyPool};
-use std::collections::HashSet;
 
 /// The request-log projection.
 pub struct RequestsProjection;
@@ -45,37 +44,25 @@ impl Projection for RequestsProjection {
         Self::NAME
     }
 
-    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
-    }
-
     async fn apply_batch(
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), Error> {
-        let mut seen = HashSet::new();
-        let mut rows = Vec::new();
-        for e in events {
-            let env = &e.envelope;
-            let r = match &env.event {
-                Event::RequestFinished(r) => r,
-                Event::UsageRecorded(_)
-                | Event::AccountHealthChanged(_)
-                | Event::AdminAction(_)
-                | Event::AuthFailed(_) => continue,
-            };
-            if seen.insert(env.id) {
-                rows.push((e, env, r));
-            }
-        }
+        let rows = sql::once_per_event(events, |e| match &e.envelope.event {
+            Event::RequestFinished(r) => Some((&e.envelope, r)),
+            Event::UsageRecorded(_)
+            | Event::AccountHealthChanged(_)
+            | Event::AdminAction(_)
+            | Event::AuthFailed(_) => None,
+        });
         sql::insert_rows(
             tx,
             "request_log",
             REQUEST_COLUMNS,
             OnConflict::Ignore("event_id"),
             &rows,
-            |q, (e, env, r)| {
+            |q, (e, (env, r))| {
                 let account = r
                     .routing
                     .as_ref()

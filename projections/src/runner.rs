@@ -37,21 +37,18 @@ pub trait Projection: Send + Sync + 'static {
     /// Stable name: the checkpoint and lease key, and the `relay rebuild` argument.
     fn name(&self) -> &'static str;
 
-    /// Applies one event inside the runner's transaction.
-    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error>;
-
-    /// Applies events in log order inside the runner's transaction. The default applies
-    /// them one by one; projections override it to write multi-row statements. The
-    /// result must not depend on how the log is cut into batches.
+    /// Applies events in log order inside the runner's transaction (projections write
+    /// multi-row statements). The result must not depend on how the log is cut into
+    /// batches.
     async fn apply_batch(
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
-    ) -> Result<(), Error> {
-        for event in events {
-            self.apply(tx, event).await?;
-        }
-        Ok(())
+    ) -> Result<(), Error>;
+
+    /// Applies one event inside the runner's transaction: a batch of one.
+    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error> {
+        self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
     /// Deletes every row the projection owns (for a rebuild). The runner resets the

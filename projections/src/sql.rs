@@ -2,7 +2,9 @@
 
 use crate::{Dialect as _, Error};
 use chrono::{DateTime, Utc};
+use ingest::StoredEvent;
 use sqlx::AnyConnection;
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 /// A statement being bound.
@@ -232,6 +234,21 @@ impl Where {
         }
         q
     }
+}
+
+/// What `row_of` makes of `events`, once per event id: a copy of an event inside the
+/// batch (the log may hold one at a later position) is skipped, so the first, lowest
+/// position wins.
+pub(crate) fn once_per_event<'e, T>(
+    events: &'e [StoredEvent],
+    mut row_of: impl FnMut(&'e StoredEvent) -> Option<T>,
+) -> Vec<(&'e StoredEvent, T)> {
+    let mut seen = HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .filter_map(|e| row_of(e).map(|r| (e, r)))
+        .filter(|(e, _)| seen.insert(e.envelope.id))
+        .collect()
 }
 
 /// Empties `tables` (a projection's reset).

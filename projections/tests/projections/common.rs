@@ -295,10 +295,6 @@ impl Projection for FailOnce {
         self.inner.name()
     }
 
-    async fn apply(&self, tx: &mut AnyConnection, event: &StoredEvent) -> Result<(), Error> {
-        self.apply_batch(tx, std::slice::from_ref(event)).await
-    }
-
     async fn apply_batch(
         &self,
         tx: &mut AnyConnection,
