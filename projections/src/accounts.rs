@@ -75,7 +75,7 @@ impl StatusRow {
                 last_error_status: r.try_get("last_error_status")?,
                 last_error_type: r.try_get("last_error_type")?,
                 last_error_message: r.try_get("last_error_message")?,
-                unified: r.try_get("unified")?,
+                unified: crate::long_text(r, "unified")?.unwrap_or_default(),
                 unified_at_ms: r.try_get("unified_at_ms")?,
                 requests: r.try_get("requests")?,
                 errors: r.try_get("errors")?,

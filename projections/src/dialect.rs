@@ -22,7 +22,8 @@
 //! compare and sort as they do on the other two.
 
 use crate::Backend;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, ColumnIndex, Row};
 use std::borrow::Cow;
 
 /// Something that knows which database it talks to, and so how to spell a statement.
@@ -64,6 +65,24 @@ impl Dialect for AnyPool {
 impl Dialect for AnyConnection {
     fn backend(&self) -> Backend {
         Backend::from_driver_name(self.backend_name())
+    }
+}
+
+/// A text column that may be long. On MySQL such a column is a `MEDIUMTEXT`, which
+/// sqlx's `Any` driver hands over as bytes; every other text column is a `VARCHAR` and
+/// reads as a string on every backend.
+pub fn long_text<I: ColumnIndex<AnyRow> + Copy>(
+    row: &AnyRow,
+    col: I,
+) -> Result<Option<String>, sqlx::Error> {
+    match row.try_get::<Option<String>, _>(col) {
+        Ok(s) => Ok(s),
+        Err(text_error) => match row.try_get::<Option<Vec<u8>>, _>(col) {
+            Ok(bytes) => bytes
+                .map(|b| String::from_utf8(b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+                .transpose(),
+            Err(_) => Err(text_error),
+        },
     }
 }
 

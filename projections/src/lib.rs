@@ -35,7 +35,7 @@ mod sql;
 pub mod usage;
 
 pub use db::{connect, migrate, Backend};
-pub use dialect::Dialect;
+pub use dialect::{long_text, Dialect};
 pub use error::Error;
 pub use pricing::PriceTable;
 pub use replay::{rebuild, reprice, reprice_with};

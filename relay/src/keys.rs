@@ -188,7 +188,7 @@ fn row_to_key(row: &sqlx::any::AnyRow) -> Result<ApiKey, KeyStoreError> {
         user_id: row.try_get("user_id")?,
         revoked_at: revoked.and_then(ms_to_time),
         last4: row.try_get("key_last4")?,
-        limits: match row.try_get::<Option<String>, _>("limits_json")? {
+        limits: match projections::long_text(row, "limits_json")? {
             Some(j) if !j.is_empty() => serde_json::from_str(&j)
                 .map_err(|e| KeyStoreError::Invalid(format!("limits: {e}")))?,
             _ => crate::limits::KeyLimits::default(),

@@ -1,8 +1,9 @@
 -- Read models built from the event log. Versions 1..=99 belong to the relay's own
 -- tables; projections use 100 and up in the same database.
 -- MySQL/MariaDB version of the portable DDL (SQLite and PostgreSQL twins): VARCHAR(n)
--- for every text column (never TEXT/BLOB, see the sqlx Any driver) and BIGINT for every
--- integer; InnoDB, utf8mb4 with binary collation so comparisons, ORDER BY and
+-- for every text column (sqlx's Any driver reads TEXT/BLOB as bytes), except the two
+-- that can outgrow a row (account_status.unified, audit_log.summary): MEDIUMTEXT, read
+-- through projections::long_text; BIGINT for every integer; InnoDB, utf8mb4 with binary collation so comparisons, ORDER BY and
 -- uniqueness follow byte order as in SQLite and PostgreSQL. Money is BIGINT
 -- nanodollars (1e-9 USD); time is BIGINT epoch ms plus a UTC day 'YYYY-MM-DD'. Absent
 -- ids are stored as '' so they can be part of primary keys.
@@ -90,7 +91,7 @@ CREATE TABLE IF NOT EXISTS account_status (
     last_error_status  BIGINT,
     last_error_type    VARCHAR(255),
     last_error_message VARCHAR(1024),
-    unified            VARCHAR(12000) NOT NULL,
+    unified            MEDIUMTEXT NOT NULL,
     unified_at_ms      BIGINT,
     requests           BIGINT NOT NULL,
     errors             BIGINT NOT NULL,
@@ -150,7 +151,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
     actor          VARCHAR(255) NOT NULL,
     action         VARCHAR(128) NOT NULL,
     target         VARCHAR(255) NOT NULL,
-    summary        VARCHAR(12000) NOT NULL,
+    summary        MEDIUMTEXT NOT NULL,
     reason         VARCHAR(64) NOT NULL,
     endpoint       VARCHAR(128) NOT NULL,
     key_prefix     VARCHAR(64) NOT NULL,

@@ -90,7 +90,7 @@ pub async fn audit_log(
             actor: r.try_get("actor")?,
             action: r.try_get("action")?,
             target: r.try_get("target")?,
-            summary: r.try_get("summary")?,
+            summary: crate::long_text(&r, "summary")?.unwrap_or_default(),
             reason: r.try_get("reason")?,
             endpoint: r.try_get("endpoint")?,
             key_prefix: r.try_get("key_prefix")?,

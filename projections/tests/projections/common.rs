@@ -503,7 +503,7 @@ pub async fn dump(db: &AnyPool, table: &str, key: &str) -> Vec<Vec<String>> {
             (0..r.len())
                 .map(|i| match r.try_get::<Option<i64>, _>(i) {
                     Ok(v) => format!("{v:?}"),
-                    Err(_) => format!("{:?}", r.try_get::<Option<String>, _>(i).unwrap()),
+                    Err(_) => format!("{:?}", projections::long_text(r, i).unwrap()),
                 })
                 .collect()
         })

@@ -1,7 +1,8 @@
 -- Tenant limits. A key's limits are one JSON document (see relay::limits::KeyLimits);
 -- a tenant may have a monthly budget in its own zone.
--- MySQL/MariaDB version.
-ALTER TABLE api_keys ADD COLUMN limits_json VARCHAR(12000);
+-- MySQL/MariaDB version. limits_json is MEDIUMTEXT (100 model patterns and 100 address
+-- ranges outgrow a VARCHAR row), read through projections::long_text.
+ALTER TABLE api_keys ADD COLUMN limits_json MEDIUMTEXT;
 ALTER TABLE tenants ADD COLUMN monthly_budget_usd VARCHAR(64);
 ALTER TABLE tenants ADD COLUMN timezone VARCHAR(64);
 

@@ -663,3 +663,58 @@ async fn a_budget_reserves_the_web_searches_a_request_allows() {
         "spent {spent} of a {budget} budget in {ok} requests"
     );
 }
+
+/// The largest limits a key may have (100 model patterns of 128 characters, 100 IPv6
+/// ranges) are stored, read back, enforced and audited on MariaDB, where text columns
+/// are bounded: 28 KB of JSON and a longer audit summary.
+#[tokio::test]
+async fn the_largest_limits_a_key_may_have_round_trip_on_mariadb() {
+    let db = crate::MyDb::new().await;
+    let mock = MockUpstream::start().await;
+    let app = spawn_app_on(Some(db.url.clone()), &["--projectors", "on"]).await;
+    let models: Vec<String> = (0..100)
+        .map(|i| format!("claude-{i:03}-{}", "x".repeat(117)))
+        .collect();
+    assert!(models.iter().all(|m| m.len() == 128));
+    let ips: Vec<String> = (0..100)
+        .map(|i| format!("2001:0db8:{i:04x}:ffff:ffff:ffff:ffff:ff00/120"))
+        .collect();
+    let limits = json!({"allowed_models": models, "allowed_ips": ips});
+    let (admin, id, key) = limited(&app, &mock, limits).await;
+    let (status, got) = app
+        .api("GET", &format!("/api/v1/api-keys/{id}"), Some(&admin), None)
+        .await;
+    assert_eq!(status, 200, "{got}");
+    let stored = &got["limits"];
+    assert_eq!(
+        stored["allowed_models"].as_array().unwrap().len(),
+        100,
+        "{got}"
+    );
+    assert_eq!(stored["allowed_models"][99], models[99].as_str());
+    assert_eq!(stored["allowed_ips"].as_array().unwrap().len(), 100);
+    // Enforced: the test client's address is in none of the ranges.
+    let r = app.messages_as(&key, &body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // Audited in full, through the projection into the MariaDB read model.
+    wait_until("the audit entry of the change", || {
+        let (app_addr, admin, http) = (app.addr, admin.clone(), app.http.clone());
+        let needle = models[99][..40].to_owned();
+        Box::pin(async move {
+            let r = http
+                .get(format!("http://{app_addr}/api/v1/admin/audit?limit=100"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap();
+            let audit: Value = r.json().await.unwrap();
+            audit["items"].as_array().unwrap().iter().any(|e| {
+                e["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.len() > 12_000 && s.contains(&needle))
+            })
+        })
+    })
+    .await;
+    app.stop().await;
+}
