@@ -1,6 +1,7 @@
 //! The projection commands as an operator runs them: `relay rebuild`, `relay
 //! statement`, `relay events tail`, `relay reprice` and `relay project`, against the
-//! embedded stores in a temporary `DATA_DIR`.
+//! embedded stores in a temporary `DATA_DIR` (with `TEST_APP_DATABASE=mysql`, the read
+//! models in a fresh MariaDB database instead).
 
 use chrono::{TimeZone, Utc};
 use ingest::EventLog;
@@ -18,9 +19,16 @@ fn relay(data_dir: &Path) -> Command {
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("DATA_DIR", data_dir)
+        .env("DATABASE_URL", database_url(data_dir))
         .env("LOG_LEVEL", "warn")
         .env("NO_COLOR", "1");
     c
+}
+
+/// The read models' database: the MariaDB one `seed` made, else SQLite in `data_dir`.
+fn database_url(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("database_url"))
+        .unwrap_or_else(|_| format!("sqlite://{}", data_dir.join("relay.db").display()))
 }
 
 fn ok(mut cmd: Command) -> Output {
@@ -78,6 +86,10 @@ fn admin_action(at: chrono::DateTime<Utc>) -> Envelope {
 
 /// Writes a few events into the embedded log of `data_dir`; returns them.
 async fn seed(data_dir: &Path) -> Vec<Envelope> {
+    if std::env::var("TEST_APP_DATABASE").as_deref() == Ok("mysql") {
+        let db = crate::MyDb::new().await;
+        std::fs::write(data_dir.join("database_url"), &db.url).unwrap();
+    }
     let log = ingest::sqlite::SqliteLog::open(&data_dir.join("events.db"))
         .await
         .unwrap();
@@ -298,11 +310,11 @@ async fn project_runs_until_terminated() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let url = database_url(dir.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "projectors did not catch up");
-        if dir.path().join("relay.db").exists() {
+        if !url.starts_with("sqlite:") || dir.path().join("relay.db").exists() {
             if let Ok(db) = projections::connect(&url).await {
                 let lag = projections::read::lag(
                     &db,
