@@ -469,19 +469,32 @@ async fn a_daily_budget_resets_at_midnight_in_the_zone_across_a_dst_change() {
 #[tokio::test]
 async fn two_relays_share_a_budget_and_a_concurrency_cap() {
     let db = PgDb::new().await;
+    two_relays_share(&db.url).await;
+    db.drop_db().await;
+}
+
+/// The same on MariaDB: the lease transactions lock a row with `SELECT … FOR UPDATE`
+/// there too.
+#[tokio::test]
+async fn two_relays_share_a_budget_and_a_concurrency_cap_on_mariadb() {
+    let db = crate::MyDb::new().await;
+    two_relays_share(&db.url).await;
+}
+
+async fn two_relays_share(db_url: &str) {
     let mock = MockUpstream::start_with(MockConfig {
         first_byte_delay: Duration::from_millis(500),
         ..MockConfig::default()
     })
     .await
     .unwrap();
-    // Scale mode: one PostgreSQL, one JetStream stream; A also runs the projectors.
+    // Scale mode: one database, one JetStream stream; A also runs the projectors.
     let nats = nats::testing::NatsServer::start().await;
     let secret = "s".repeat(40);
     let flags = ["--jwt-secret", secret.as_str(), "--projectors", "on"];
-    let a = spawn_app_with(Some(db.url.clone()), Some(nats.url()), &flags).await;
+    let a = spawn_app_with(Some(db_url.to_owned()), Some(nats.url()), &flags).await;
     let b = spawn_app_with(
-        Some(db.url.clone()),
+        Some(db_url.to_owned()),
         Some(nats.url()),
         &["--jwt-secret", secret.as_str()],
     )
@@ -537,7 +550,6 @@ async fn two_relays_share_a_budget_and_a_concurrency_cap() {
     eprintln!("two relays served {served}; spent {spent} of {budget}");
     a.stop().await;
     b.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
