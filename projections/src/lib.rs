@@ -3,14 +3,17 @@
 //! up to date, replay (rebuild, reprice) and the read functions the admin API, the CLI
 //! and the bench harness call.
 //!
-//! Everything here runs on SQLite and PostgreSQL through `sqlx::Any` with the same SQL
-//! text (`$N` placeholders, hand-written statements, BIGINT nanodollars, BIGINT epoch ms
-//! plus TEXT UTC days); only the generated multi-row statements spell their parameters
-//! per backend (`?` on SQLite, see `sql::Params`). Projections are deterministic: `apply` reads no clock, no
-//! network, no environment and no random numbers, so a rebuild yields identical rows.
+//! Everything here runs on SQLite, PostgreSQL and MySQL / MariaDB through `sqlx::Any`
+//! with the same SQL text (`$N` placeholders, hand-written statements, BIGINT
+//! nanodollars, BIGINT epoch ms plus text UTC days), which [`Dialect::sql`] rewrites for
+//! MySQL; the generated multi-row statements spell their parameters per backend (`?` on
+//! SQLite and MySQL, see `sql::Params`). Projections are deterministic: `apply` reads no
+//! clock, no network, no environment and no random numbers, so a rebuild yields
+//! identical rows, on any of the three.
 //!
 //! Layout:
 //! - [`db`]: connecting and migrating;
+//! - [`dialect`]: one SQL text for three databases;
 //! - [`money`]: nanodollars ↔ `Decimal`;
 //! - [`pricing`]: the effective-dated price table and the cost of one usage event;
 //! - [`runner`]: the [`Projection`] trait and the [`Projector`] that feeds it;
