@@ -481,6 +481,7 @@ async fn two_relays_share_a_budget_and_a_concurrency_cap_on_mariadb() {
     two_relays_share(&db.url).await;
 }
 
+#[expect(clippy::print_stderr, reason = "reports what the run served")]
 async fn two_relays_share(db_url: &str) {
     let mock = MockUpstream::start_with(MockConfig {
         first_byte_delay: Duration::from_millis(500),
