@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use harness::processes::{sibling_binary, LIMITED_KEY_LIMITS};
+use harness::procfs::HostWatch;
 use harness::scenarios::{Bench, Sizes};
 
 /// Command line.
@@ -105,26 +106,39 @@ async fn run(cli: &Cli) -> Result<String> {
         .await
         .context("start the mock and the relay")?;
     if matches!(s, Scenario::All | Scenario::Latency) {
+        let host = HostWatch::start();
         bench.latency(false).await?;
+        bench.report.push_str(&host.note());
     }
     if matches!(s, Scenario::All | Scenario::Large) {
+        let host = HostWatch::start();
         bench.latency(true).await?;
+        bench.report.push_str(&host.note());
     }
     if matches!(s, Scenario::All | Scenario::Limits) {
+        let host = HostWatch::start();
         bench.limits().await?;
+        bench.report.push_str(&host.note());
     }
     if matches!(s, Scenario::All | Scenario::Throughput) {
+        let host = HostWatch::start();
         bench.throughput().await?;
+        bench.report.push_str(&host.note());
     }
     if matches!(s, Scenario::All | Scenario::Streaming) {
+        let host = HostWatch::start();
         bench.streaming().await?;
+        bench.report.push_str(&host.note());
     }
     if matches!(s, Scenario::All | Scenario::Pipeline) {
+        let host = HostWatch::start();
         bench.pipeline().await?;
+        bench.report.push_str(&host.note());
     }
     if matches!(s, Scenario::All | Scenario::Replay) {
         let n = if cli.quick { 20_000 } else { 1_000_000 };
         let _ = writeln!(std::io::stderr(), "bench: replay over {n} events");
+        let host = HostWatch::start();
         match harness::replay::run(n).await {
             Ok(section) => bench.report.push_str(&section),
             Err(e) => bench.report.push_str(&format!(
@@ -135,14 +149,17 @@ Failed: {e:#}
 "
             )),
         }
+        bench.report.push_str(&host.note());
     }
     if matches!(s, Scenario::All | Scenario::Journal) {
+        let host = HostWatch::start();
         match harness::journal::run(cli.quick).await {
             Ok(section) => bench.report.push_str(&section),
             Err(e) => bench.report.push_str(&format!(
                 "\n### 8. The event journal's cost per request\n\nFailed: {e:#}\n"
             )),
         }
+        bench.report.push_str(&host.note());
     }
     bench.finish();
     let header = format!(

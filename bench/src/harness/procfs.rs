@@ -96,6 +96,110 @@ impl CpuMeter {
     }
 }
 
+/// The machine's CPU time counters (`cpu` line of `/proc/stat`, clock ticks summed over
+/// every core).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostCpu {
+    /// All time: user, nice, system, idle, iowait, irq, softirq and steal.
+    pub total: u64,
+    /// Idle and iowait.
+    pub idle: u64,
+    /// Time the hypervisor gave to other guests while this one wanted to run.
+    pub steal: u64,
+}
+
+impl HostCpu {
+    /// Parses the `cpu` line of `/proc/stat`'s text.
+    pub fn parse(stat: &str) -> Option<HostCpu> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else {
+            return None;
+        };
+        Some(HostCpu {
+            total: user + nice + system + idle + iowait + irq + softirq + steal,
+            idle: idle + iowait,
+            steal,
+        })
+    }
+
+    /// The counters now.
+    pub fn read() -> Option<HostCpu> {
+        HostCpu::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+}
+
+/// The 1-minute load average as `/proc/loadavg` prints it.
+fn load1() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// What the machine did during a scenario: its load, how busy its cores were and how
+/// much time the hypervisor took (steal). A run with steal is noisy in its tails, for
+/// direct and relay alike.
+pub struct HostWatch {
+    cpu: Option<HostCpu>,
+    load: String,
+}
+
+impl HostWatch {
+    /// Starts watching.
+    pub fn start() -> HostWatch {
+        HostWatch {
+            cpu: HostCpu::read(),
+            load: load1(),
+        }
+    }
+
+    /// One line for the report, covering the time since `start`.
+    pub fn note(&self) -> String {
+        let shares = self
+            .cpu
+            .zip(HostCpu::read())
+            .and_then(|(a, b)| host_shares(&a, &b));
+        let (busy, steal) = match shares {
+            Some((busy, steal)) => {
+                // Steal accrues only while this machine wants to run: as a share of
+                // that demand it says how often a runnable thread was kept waiting.
+                let of_demand = if busy > 0.0 {
+                    steal * 100.0 / busy
+                } else {
+                    0.0
+                };
+                (
+                    format!("{busy:.0} %"),
+                    format!("{steal:.1} % of all CPU time, {of_demand:.0} % of the time it wanted to run"),
+                )
+            }
+            None => ("?".to_owned(), "?".to_owned()),
+        };
+        format!(
+            "\n_Machine during this scenario: 1-minute load {} → {}; both cores together busy {busy} of the time, steal included; steal {steal} (time the hypervisor gave to other guests: with more than a few percent, tails are noisy for direct and relay alike)._\n",
+            self.load,
+            load1()
+        )
+    }
+}
+
+/// Busy and steal shares (percent of all CPU time) between two readings; `None` when
+/// no time passed.
+pub fn host_shares(a: &HostCpu, b: &HostCpu) -> Option<(f64, f64)> {
+    let total = b.total.checked_sub(a.total).filter(|t| *t > 0)?;
+    let idle = b.idle.saturating_sub(a.idle);
+    let steal = b.steal.saturating_sub(a.steal);
+    #[expect(clippy::cast_precision_loss, reason = "tick counts far below 2^52")]
+    let pct = |n: u64| n as f64 * 100.0 / total as f64;
+    Some((pct(total.saturating_sub(idle)), pct(steal)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +217,28 @@ mod tests {
         }
         assert!(x > 0);
         assert!(cpu_us(pid).unwrap() > before);
+    }
+
+    #[test]
+    fn host_cpu_reads_the_cpu_line_and_shares_add_up() {
+        let a = HostCpu::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n")
+            .unwrap();
+        assert_eq!(
+            a,
+            HostCpu {
+                total: 1000,
+                idle: 850,
+                steal: 0
+            }
+        );
+        let b = HostCpu::parse("cpu  400 0 100 1100 50 0 0 350 0 0\n").unwrap();
+        // 1,000 ticks passed: 300 user + 50 system + 350 steal busy, 300 idle.
+        let (busy, steal) = host_shares(&a, &b).unwrap();
+        assert!((busy - 70.0).abs() < 1e-9, "{busy}");
+        assert!((steal - 35.0).abs() < 1e-9, "{steal}");
+        assert_eq!(host_shares(&a, &a), None);
+        assert_eq!(HostCpu::parse("cpu  1 2 3\n"), None);
+        assert_eq!(HostCpu::parse("intr 1 2 3\n"), None);
+        assert!(HostCpu::read().is_some());
     }
 }
