@@ -1,9 +1,10 @@
 //! `bench`: measures the relay against the mock upstream directly, in one invocation.
 //!
 //! `bench all --quick` is the smoke run (< 2 min; CI runs it from the dev profile, as
-//! `cargo run -p bench -- all --quick`); `bench all` is the full run recorded in docs/benchmarks.md. The relay runs as a child
-//! process (the `relay` next to the bench binary, or `--relay-bin` / `RELAY_BIN`) with a temporary
-//! DATA_DIR; the mock runs as another child process (`mock-upstream`, one worker).
+//! `cargo run -p bench -- all --quick`); `bench all` is the full run recorded in
+//! docs/benchmarks.md. The relay runs as a child process (the `relay` next to the bench
+//! binary, or `--relay-bin` / `RELAY_BIN`) with a temporary DATA_DIR; the mock runs as
+//! another child process (`mock-upstream`, one worker).
 
 mod harness;
 

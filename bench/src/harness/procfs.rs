@@ -182,7 +182,7 @@ impl HostWatch {
             None => ("?".to_owned(), "?".to_owned()),
         };
         format!(
-            "\n_Machine during this scenario: 1-minute load {} → {}; both cores together busy {busy} of the time, steal included; steal {steal} (time the hypervisor gave to other guests: with more than a few percent, tails are noisy for direct and relay alike)._\n",
+            "\n_Machine during this scenario: 1-minute load {} → {}; all cores together busy {busy} of the time, steal included; steal {steal} (time the hypervisor gave to other guests: with more than a few percent, tails are noisy for direct and relay alike)._\n",
             self.load,
             load1()
         )
