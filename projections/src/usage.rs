@@ -298,4 +298,39 @@ impl Projection for UsageProjection {
     async fn reset(&self, tx: &mut AnyConnection) -> Result<(), Error> {
         sql::delete_all(tx, &["usage_totals", "usage_ledger"]).await
     }
+
+    fn rebuild_indexes(&self) -> &'static [(&'static str, &'static str)] {
+        LEDGER_INDEXES
+    }
 }
+
+/// The ledger's secondary indexes, as its migrations (`0100_projections`,
+/// `0150_ledger_budget_indexes`) create them; a rebuild drops and recreates them
+/// (`Projection::rebuild_indexes`). Its primary key, which deduplicates event ids,
+/// always stays.
+const LEDGER_INDEXES: &[(&str, &str)] = &[
+    (
+        "usage_ledger_tenant_day",
+        "CREATE INDEX IF NOT EXISTS usage_ledger_tenant_day ON usage_ledger (tenant, day)",
+    ),
+    (
+        "usage_ledger_day",
+        "CREATE INDEX IF NOT EXISTS usage_ledger_day ON usage_ledger (day)",
+    ),
+    (
+        "usage_ledger_request",
+        "CREATE INDEX IF NOT EXISTS usage_ledger_request ON usage_ledger (request_id)",
+    ),
+    (
+        "usage_ledger_time",
+        "CREATE INDEX IF NOT EXISTS usage_ledger_time ON usage_ledger (occurred_at_ms)",
+    ),
+    (
+        "usage_ledger_key_time",
+        "CREATE INDEX IF NOT EXISTS usage_ledger_key_time ON usage_ledger (api_key, occurred_at_ms)",
+    ),
+    (
+        "usage_ledger_tenant_time",
+        "CREATE INDEX IF NOT EXISTS usage_ledger_tenant_time ON usage_ledger (tenant, occurred_at_ms)",
+    ),
+];

@@ -171,3 +171,84 @@ async fn reprice_applies_to_per_use_prices(db: &TestDb) {
         .unwrap();
     assert_eq!(dump_all(&db.pool).await, repriced);
 }
+
+/// The ledger's secondary indexes as SQLite stores them: (name, normalised SQL).
+async fn ledger_indexes(db: &TestDb) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT name, sql FROM sqlite_master \
+         WHERE type = 'index' AND tbl_name = 'usage_ledger' AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// On SQLite a rebuild replays the ledger without its secondary indexes and creates
+/// them at the end, exactly as the migrations define them; if a rebuild dies before
+/// that, the next projector start creates them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_rebuild_restores_the_ledger_indexes_and_a_start_repairs_missing_ones() {
+    let db = TestDb::sqlite().await;
+    let log = MemLog::new();
+    log.push_all(&workload(1_500));
+    catch_up(&db.pool, log.clone()).await;
+    let migrated = ledger_indexes(&db).await;
+    let names: Vec<&str> = migrated.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "usage_ledger_day",
+            "usage_ledger_key_time",
+            "usage_ledger_request",
+            "usage_ledger_tenant_day",
+            "usage_ledger_tenant_time",
+            "usage_ledger_time"
+        ]
+    );
+    let before = dump_all(&db.pool).await;
+
+    // The rebuild drops them (observed from its progress callback) and recreates them.
+    let ps = projections::all(prices());
+    let pool = db.pool.clone();
+    let during = Arc::new(std::sync::Mutex::new(None));
+    let seen = during.clone();
+    let probe = tokio::runtime::Handle::current();
+    projections::rebuild(&db.pool, log.clone(), &ps, "usage", &mut |_, lag| {
+        if lag.checkpoint > 0 && seen.lock().unwrap().is_none() {
+            let pool = pool.clone();
+            let n: i64 = tokio::task::block_in_place(|| {
+                probe.block_on(async move {
+                    sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM sqlite_master \
+                         WHERE type = 'index' AND tbl_name = 'usage_ledger' AND sql IS NOT NULL",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                })
+            });
+            *seen.lock().unwrap() = Some(n);
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *during.lock().unwrap(),
+        Some(0),
+        "replayed without the indexes"
+    );
+    assert_eq!(ledger_indexes(&db).await, migrated, "the same definitions");
+    assert_eq!(dump_all(&db.pool).await, before, "the same rows");
+
+    // A rebuild that died after dropping them: the next start creates them.
+    for (name, _) in &migrated[..2] {
+        sqlx::query(&format!("DROP INDEX {name}"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(ledger_indexes(&db).await.len(), migrated.len() - 2);
+    catch_up(&db.pool, log.clone()).await;
+    assert_eq!(ledger_indexes(&db).await, migrated);
+    db.cleanup().await;
+}
