@@ -161,9 +161,12 @@ impl SqliteLog {
             .execute(&writer)
             .await
             .map_err(map_sqlx)?;
+        // A page of rows crosses from sqlx's connection thread without the thread
+        // stopping for the reader every 50 rows (sqlx's default row buffer).
+        let page_rows = usize::try_from(PAGE_SIZE).unwrap_or(1000);
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_POOL_SIZE)
-            .connect_with(base.pragma("query_only", "ON"))
+            .connect_with(base.pragma("query_only", "ON").row_buffer_size(page_rows))
             .await
             .map_err(map_sqlx)?;
         let head = query_head(&reader).await?;

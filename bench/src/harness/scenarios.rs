@@ -12,7 +12,7 @@ use super::driver::{client, closed_loop, open_loop, HttpClient, Recorder, Stop, 
 use super::processes::{
     free_port, start_mock, start_nats, start_relay, Guard, MockSettings, Relay,
 };
-use super::procfs::{rss_kib, CpuMeter, RssSampler};
+use super::procfs::{rss_kib, CpuMeter, RssParts, RssSampler};
 use super::workload;
 
 /// The upstream key the relay's account (and the direct target) uses.
@@ -89,8 +89,8 @@ pub struct Bench {
     via_relay: Option<Target>,
     /// The markdown report.
     pub report: String,
-    /// Relay RSS right after start-up, before any traffic (KiB).
-    pub idle_rss_kib: Option<u64>,
+    /// Relay RSS right after start-up, before any traffic.
+    pub idle_rss: Option<RssParts>,
     /// How long the relay stayed busy after phases (only waits over 0.45 s).
     settle_waits: Vec<Duration>,
     /// The limits of the `bench-limited` key, if it was created.
@@ -281,7 +281,7 @@ impl Bench {
             Some(bin) => {
                 let relay =
                     start_relay(bin, &mock_url, UPSTREAM_KEY, &[], key_limits.as_deref()).await?;
-                let idle = rss_kib(relay.guard.pid());
+                let idle = RssParts::read(relay.guard.pid());
                 let t = target("relay", &relay.base_url, &relay.key)?;
                 (Some(relay), Some(t), idle)
             }
@@ -298,7 +298,7 @@ impl Bench {
             direct,
             via_relay,
             report: String::new(),
-            idle_rss_kib: idle,
+            idle_rss: idle,
             settle_waits: Vec::new(),
             key_limits,
         })
@@ -1194,10 +1194,15 @@ impl Bench {
                 max.as_secs_f64()
             ));
         }
-        if let Some(kib) = self.idle_rss_kib {
+        if let Some(idle) = self.idle_rss {
+            let mib = |kib: u64| kib as f64 / 1024.0;
             self.note(&format!(
-                "\nRelay idle RSS (after start-up, before traffic): {:.1} MiB",
-                kib as f64 / 1024.0
+                "\nRelay idle RSS (after start-up, before traffic): {:.1} MiB \
+                 (anonymous {:.1} MiB; file-backed {:.1} MiB, chiefly the binary's pages, \
+                 which vary with how much of the file the page cache holds)",
+                mib(idle.total),
+                mib(idle.anon),
+                mib(idle.file)
             ));
         }
         if let Some(kib) = self.relay_pid().and_then(rss_kib) {
